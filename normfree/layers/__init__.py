@@ -1,0 +1,12 @@
+"""Building blocks: Scaled-WS convolution, γ-scaled activations, stochastic depth, squeeze-excite."""
+from .activations import GAMMAS, GammaAct, activation_names, estimate_gamma, get_activation, get_gamma
+from .factory import NORMS, LayerFactory
+from .conv import AvgPoolSame, MaxPoolSame, ScaledStdConv2d, conv2d, pad_same, same_pad_amounts
+from .regularization import StochasticDepth, block_drop_rates
+from .se import SqueezeExcite
+
+__all__ = [
+    "GAMMAS", "GammaAct", "activation_names", "estimate_gamma", "get_activation", "get_gamma",
+    "AvgPoolSame", "MaxPoolSame", "ScaledStdConv2d", "conv2d", "pad_same", "same_pad_amounts",
+    "StochasticDepth", "block_drop_rates", "SqueezeExcite", "LayerFactory", "NORMS",
+]

@@ -1,0 +1,174 @@
+"""Scaled Weight Standardization convolution and TensorFlow-'SAME' padding.
+
+Official formula (DeepMind ``base.WSConv2D``)::
+
+    Ŵ = gain · (W − mean) / sqrt(max(fan_in · var, eps)),   eps = 1e-4,  fan_in = (in/groups)·kh·kw
+
+with biased per-output-channel variance, a per-channel gain (init 1) and a bias that is always present.
+γ is *not* in the conv: it lives in the activation (see :class:`~normfree.layers.GammaAct`).
+timm's convention (``ws="timm"``) is offered for loading timm weights: (W − mean)/sqrt(var + eps) with
+eps = 1e-5, and γ/sqrt(fan_in) folded into the conv scale.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Padding = Literal["same", "symmetric"]
+
+
+def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding (before, after) along one axis: asymmetric when the total is odd."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+             dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> torch.Tensor:
+    """Pad an NCHW tensor the way TensorFlow's 'SAME' does (depends on the input size)."""
+    top, bottom = same_pad_amounts(x.shape[-2], kernel[0], stride[0], dilation[0])
+    left, right = same_pad_amounts(x.shape[-1], kernel[1], stride[1], dilation[1])
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), value=value)
+    return x
+
+
+def _static_padding(kernel: tuple[int, int], stride: tuple[int, int],
+                    dilation: tuple[int, int], padding: Padding) -> tuple[int, int] | None:
+    """Fixed symmetric padding where it equals the requested mode for every input size, else None."""
+    sym = tuple(((k - 1) * d) // 2 for k, d in zip(kernel, dilation))
+    if padding == "symmetric":
+        return sym  # type: ignore[return-value]
+    if padding != "same":
+        raise ValueError(f"padding must be 'same' or 'symmetric', got {padding!r}")
+    # SAME at stride 1 with an odd effective kernel is symmetric; stride 1 kernel 1 is zero padding.
+    if all(s == 1 and ((k - 1) * d) % 2 == 0 for k, s, d in zip(kernel, stride, dilation)):
+        return sym  # type: ignore[return-value]
+    if all(k == 1 for k in kernel):
+        return (0, 0)  # 1x1 strided: SAME never pads
+    return None
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    """Conv2d with Scaled Weight Standardization, recomputed from the raw weight on every call.
+
+    Args:
+        padding: ``"same"`` (TensorFlow, asymmetric at stride 2, as the official code) or
+            ``"symmetric"`` (PyTorch-style ``(k-1)//2``).
+        ws: ``"official"`` (max(fan_in·var, eps), eps=1e-4) or ``"timm"`` (var + eps, eps=1e-5, γ in scale).
+        gamma: only used with ``ws="timm"``, where the activation gain lives in the conv.
+        eps: overrides the mode's default epsilon.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: Padding = "same",
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+                 ws: Literal["official", "timm"] = "official", gamma: float = 1.0,
+                 eps: float | None = None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
+                         dilation=dilation, groups=groups, bias=bias)
+        if ws not in ("official", "timm"):
+            raise ValueError(f"ws must be 'official' or 'timm', got {ws!r}")
+        if ws == "official" and gamma != 1.0:
+            raise ValueError("with ws='official' γ belongs in the activation, not the conv")
+        static = _static_padding(self.kernel_size, self.stride, self.dilation, padding)  # type: ignore[arg-type]
+        self.padding_mode_same = static is None
+        if static is not None:
+            self.padding = static
+        self.pad_type = padding
+        self.ws = ws
+        self.gamma = float(gamma)
+        self.eps = float(eps if eps is not None else (1e-4 if ws == "official" else 1e-5))
+        self.fan_in = self.weight[0].numel()
+        self.gain = nn.Parameter(torch.ones(out_channels))
+        nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(self.fan_in))  # official: fan-in normal
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def standardized_weight(self) -> torch.Tensor:
+        """Ŵ. Written with plain reductions (no ``std_mean``) so it exports to ONNX."""
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        centered = w - mean
+        var = centered.square().mean(dim=(1, 2, 3), keepdim=True)
+        gain = self.gain.view(-1, 1, 1, 1)
+        if self.ws == "official":
+            scale = torch.rsqrt(torch.clamp(var * self.fan_in, min=self.eps))
+        else:
+            scale = torch.rsqrt(var + self.eps) * (self.gamma / math.sqrt(self.fan_in))
+        return centered * (scale * gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode_same:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", pad={self.pad_type}, ws={self.ws}, eps={self.eps:g}"
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+           groups: int = 1, padding: Padding = "same", bias: bool = False) -> nn.Conv2d:
+    """A plain He-initialized (fan-in, ReLU gain) conv with the same padding modes, for baselines."""
+    p = _static_padding((kernel_size,) * 2, (stride,) * 2, (1, 1), padding)
+    conv = (nn.Conv2d(in_channels, out_channels, kernel_size, stride, p, groups=groups, bias=bias)
+            if p is not None else SamePadConv2d(in_channels, out_channels, kernel_size, stride,
+                                                groups=groups, bias=bias))
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class SamePadConv2d(nn.Conv2d):
+    """Plain Conv2d with TensorFlow-'SAME' padding computed from the input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MaxPoolSame(nn.Module):
+    """3x3/2 max-pool with TensorFlow-'SAME' padding (padded cells never win: they hold -inf)."""
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2, padding: Padding = "same") -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.pad_type = kernel_size, stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size, self.stride
+        if self.pad_type == "symmetric":
+            return F.max_pool2d(x, k, s, padding=(k - 1) // 2)
+        x = pad_same(x, (k, k), (s, s), value=float("-inf"))
+        return F.max_pool2d(x, k, s)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, pad={self.pad_type}"
+
+
+class AvgPoolSame(nn.Module):
+    """2x2/2 average pool with TF-'SAME' semantics (padded cells excluded from the average).
+
+    Used by the NF-RegNet/NFNet transition shortcut; for even sizes it is a plain 2x2 average.
+    """
+
+    def __init__(self, kernel_size: int = 2, stride: int = 2) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size, self.stride
+        top, bottom = same_pad_amounts(x.shape[-2], k, s)
+        left, right = same_pad_amounts(x.shape[-1], k, s)
+        if not (top or bottom or left or right):
+            return F.avg_pool2d(x, k, s)
+        x = F.pad(x, (left, right, top, bottom))
+        ones = F.pad(torch.ones_like(x[:1, :1, top:x.shape[-2] - bottom, left:x.shape[-1] - right]),
+                     (left, right, top, bottom))
+        return F.avg_pool2d(x, k, s) / F.avg_pool2d(ones, k, s)

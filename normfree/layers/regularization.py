@@ -1,0 +1,39 @@
+"""Stochastic depth as the official NF code does it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class StochasticDepth(nn.Module):
+    """Drop a residual branch per example during training.
+
+    Official behaviour (DeepMind ``base.StochDepth``): mask = floor(keep + U[0, 1)) per example and the
+    surviving branches are *not* rescaled. ``scale_by_keep=True`` gives the timm/torchvision variant
+    that divides by the keep probability. Identity in eval mode or when ``rate == 0``.
+    """
+
+    def __init__(self, rate: float, scale_by_keep: bool = False) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype, device=x.device))
+        if self.scale_by_keep:
+            mask = mask / keep
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.4g}, scale_by_keep={self.scale_by_keep}"
+
+
+def block_drop_rates(rate: float, num_blocks: int) -> list[float]:
+    """Official schedule: block i (0-based, global) gets rate·i/N, so the first block never drops."""
+    return [rate * i / num_blocks for i in range(num_blocks)]

@@ -1,0 +1,30 @@
+"""Squeeze-and-excite with the ×2 output gain of normalizer-free networks."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SqueezeExcite(nn.Module):
+    """``x · gain · sigmoid(fc1(relu(fc0(mean_hw(x)))))``.
+
+    The sigmoid gate has expected value 0.5 at init, so NF networks use ``gain=2`` to keep the signal's
+    variance (official code: ``out = 2 * se(out) * out``); the inner ReLU has no γ. Linear layers are
+    named fc0/fc1 as in the official Haiku module so checkpoints map one-to-one.
+    """
+
+    def __init__(self, channels: int, hidden: int, gain: float = 2.0) -> None:
+        super().__init__()
+        if hidden < 1:
+            raise ValueError(f"SE hidden width must be at least 1, got {hidden}")
+        self.fc0 = nn.Linear(channels, hidden)
+        self.fc1 = nn.Linear(hidden, channels)
+        self.gain = float(gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(F.relu(self.fc0(x.mean(dim=(2, 3)))))
+        return x * (torch.sigmoid(h) * self.gain)[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"gain={self.gain:g}"

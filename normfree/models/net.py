@@ -1,0 +1,60 @@
+"""The network shell shared by every family: stem → residual stages → head."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+
+class ResNet(nn.Module):
+    """Stem, stages of residual blocks, then ``final`` (activation, or final conv + activation),
+    global average pool, dropout and a linear classifier.
+
+    Attributes: ``stem``, ``stages`` (``nn.Sequential`` of ``nn.Sequential`` of blocks), ``final``,
+    ``fc``, ``expected_var`` (predicted signal variance after each block with unit skip gains; None for
+    normalized nets), ``input_size`` (default square resolution), ``num_features``.
+    """
+
+    def __init__(self, stem: nn.Module, stages: nn.Sequential, final: nn.Module, num_features: int,
+                 num_classes: int = 1000, drop_rate: float = 0.0, fc_init_std: float = 0.01,
+                 expected_var: list[float] | None = None, input_size: int = 224) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        self.stem = stem
+        self.stages = stages
+        self.final = final
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(num_features, num_classes)
+        if fc_init_std > 0:
+            nn.init.normal_(self.fc.weight, 0.0, fc_init_std)
+        else:
+            nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.expected_var = expected_var
+        self.input_size = input_size
+
+    def blocks(self) -> list[nn.Module]:
+        """All residual blocks in forward order."""
+        return [b for stage in self.stages for b in stage]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial features after the final activation (before pooling)."""
+        if x.ndim != 4:
+            raise ValueError(f"expected an NCHW batch, got a tensor of shape {tuple(x.shape)}")
+        return self.final(self.stages(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.forward_features(x).mean(dim=(2, 3))
+        return self.fc(self.drop(pooled))
+
+
+def named_seq(**modules: nn.Module) -> nn.Sequential:
+    """``nn.Sequential`` with readable child names (they become state-dict keys)."""
+    return nn.Sequential(OrderedDict(modules))

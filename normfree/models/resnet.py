@@ -1,0 +1,120 @@
+"""NF-ResNets (Brock, De & Smith, ICLR 2021) and their BatchNorm twins, for ImageNet and 32×32 inputs.
+
+Official structure (DeepMind ``nfnets/nf_resnet.py``): 7×7/2 stem conv with no activation, 3×3/2
+max-pool, pre-activation bottleneck blocks 1×1 → 3×3 (stride) → 1×1 with bottleneck width out/4,
+stage widths [64, 128, 256, 512]·width, strided 1×1 Scaled-WS shortcut on ``act(x)·β`` at transitions,
+γ-scaled activation before the pool, classifier N(0, 0.01). ``norm="bn"`` builds the pre-activation
+BN→ReLU ResNetV2 of identical topology (the official baseline), with plain He-initialized convs.
+
+Small-input variants (``small_input=True``) use a 3×3 stem with 16 channels, no max-pool, and basic
+blocks of two 3×3 convs, stage widths [16, 32, 64]·width: ResNet-20/56/110 and Wide ResNets.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from ..layers import LayerFactory, MaxPoolSame
+from ..layers.conv import Padding
+from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
+from .net import ResNet, named_seq
+
+IMAGENET_DEPTHS: dict[int, tuple[int, int, int, int]] = {
+    26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3), 288: (24, 24, 24, 24), 600: (50, 50, 50, 50),
+}
+"""Blocks per stage of the ImageNet NF-ResNets (26 as timm; 50–600 as the official ``variant_dict``)."""
+
+
+def _stage_depths(depth: int | Sequence[int], small_input: bool) -> tuple[int, ...]:
+    if not isinstance(depth, int):
+        depths = tuple(int(d) for d in depth)
+        if len(depths) != (3 if small_input else 4) or min(depths) < 1:
+            raise ValueError(f"expected {3 if small_input else 4} positive stage depths, got {depth}")
+        return depths
+    if small_input:
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"small-input ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth}")
+        return ((depth - 2) // 6,) * 3
+    if depth not in IMAGENET_DEPTHS:
+        raise ValueError(f"unknown ResNet depth {depth}; choose one of {sorted(IMAGENET_DEPTHS)} "
+                         "or pass four stage depths")
+    return IMAGENET_DEPTHS[depth]
+
+
+def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width: float = 4,
+           norm: str | None = None, num_classes: int = 1000, activation: str = "relu",
+           alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float = 0.0,
+           skipinit_gain: float = 0.0, use_se: bool = False, se_ratio: float = 0.25,
+           std_conv: bool = True, ws: Literal["official", "timm"] = "official",
+           padding: Padding = "same", shortcut: ShortcutKind = "conv",
+           stochdepth_scale: bool = False, fc_init_std: float = 0.01, in_chans: int = 3) -> ResNet:
+    """Build an NF-ResNet (``norm=None``) or its normalized twin.
+
+    Args:
+        depth: 26/50/101/152/200/288/600 (ImageNet) or 6n+2 (small input), or explicit stage depths.
+        small_input: 32×32 variant (3×3 stem, no max-pool, basic blocks).
+        width: channel multiplier; ImageNet default 4 gives [256, 512, 1024, 2048] as officially.
+        norm: None (normalizer-free) or ``"bn"``.
+        alpha: variance added per block; ignored by normalized nets.
+        stochdepth_rate: the last block's drop rate approaches this (official rate·i/N schedule).
+        drop_rate: dropout before the classifier (the official code requires one; 0 here).
+        skipinit_gain: initial value of each block's scalar branch gain (0 officially; 1 for analysis).
+        std_conv: Scaled WS (True) or plain He-initialized convs (to study the mean shift).
+        ws / padding / shortcut / stochdepth_scale: official behaviour by default; ``ws="timm"``,
+            ``padding="symmetric"``, ``shortcut="avgpool_conv"`` and ``stochdepth_scale=True`` match timm.
+        fc_init_std: classifier weight std (0 → zeros, as the official BN baseline).
+    """
+    depths = _stage_depths(depth, small_input)
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding)
+    if small_input:
+        widths = [max(1, int(c * width)) for c in (16, 32, 64)]
+        strides, stem_ch = (1, 2, 2), 16
+        stem = named_seq(conv=layers.conv(in_chans, stem_ch, 3))
+    else:
+        widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
+        strides, stem_ch = (1, 2, 2, 2), max(1, int(16 * width))
+        stem = named_seq(conv=layers.conv(in_chans, stem_ch, 7, 2), pool=MaxPoolSame(3, 2, padding))
+
+    def block_fn(in_ch: int, s: int, b: int, beta: float, rate: float) -> ResidualBlock:
+        out, stride = widths[s], (strides[s] if b == 0 else 1)
+        if small_input:
+            convs = [ConvSpec(out, 3, stride), ConvSpec(out, 3)]
+        else:
+            mid = max(1, int(out * 0.25))
+            convs = [ConvSpec(mid, 1), ConvSpec(mid, 3, stride), ConvSpec(out, 1)]
+        return ResidualBlock(in_ch, convs, layers, beta=beta, alpha=alpha,
+                             se_hidden=max(1, int(out * se_ratio)) if use_se else 0,
+                             shortcut=shortcut, drop_path_rate=rate, drop_path_scale=stochdepth_scale,
+                             skipinit_gain=skipinit_gain)
+
+    stages, expected = build_stages(stem_ch, depths, block_fn, alpha, stochdepth_rate)
+    return ResNet(stem, stages, layers.act_layer(widths[-1]), widths[-1], num_classes, drop_rate,
+                  fc_init_std, expected if layers.normalizer_free else None,
+                  input_size=32 if small_input else 224)
+
+
+def _register() -> None:
+    from ..registry import register_model
+
+    bn_defaults = {"std_conv": False, "stochdepth_rate": 0.0, "fc_init_std": 0.0}  # official baseline
+    for d in IMAGENET_DEPTHS:
+        register_model(f"nf_resnet{d}", resnet, fixed={"depth": d}, family="nf_resnet",
+                       description=f"NF-ResNet-{d}, official DeepMind structure")
+        register_model(f"bn_resnet{d}", resnet, fixed={"depth": d, "norm": "bn"},
+                       defaults=bn_defaults, family="bn_resnet",
+                       description=f"pre-activation BN-ResNet-{d}, twin of nf_resnet{d}")
+    small = [("cifar_resnet20", 20, 1), ("cifar_resnet56", 56, 1), ("cifar_resnet110", 110, 1),
+             ("wrn16_4", (2, 2, 2), 4), ("wrn28_10", (4, 4, 4), 10)]
+    for name, depth, width in small:
+        label = name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-")
+        register_model(f"nf_{name}", resnet, fixed={"depth": depth, "small_input": True},
+                       defaults={"width": width, "num_classes": 10}, family="nf_cifar",
+                       description=f"NF {label} for 32x32 inputs")
+        register_model(f"bn_{name}", resnet, fixed={"depth": depth, "small_input": True, "norm": "bn"},
+                       defaults={"width": width, "num_classes": 10, **bn_defaults}, family="bn_cifar",
+                       description=f"BN {label} for 32x32 inputs, twin of nf_{name}")
+
+
+_register()

@@ -1,0 +1,85 @@
+"""Model registry: names → builders, behind :func:`create_model` and :func:`list_models`."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: a builder plus the arguments that define this name."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    fixed: dict[str, Any] = field(default_factory=dict)      # define the name; cannot be overridden
+    defaults: dict[str, Any] = field(default_factory=dict)   # overridable defaults
+    family: str = ""
+    description: str = ""
+
+    def options(self) -> list[str]:
+        """Keyword arguments a user may pass to :func:`create_model` for this name."""
+        params = inspect.signature(self.builder).parameters
+        return [p for p in params if p not in self.fixed]
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        allowed = self.options()
+        unknown = [k for k in kwargs if k not in allowed]
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
+            detail = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
+                               for k, h in hints.items())
+            fixed = [k for k in unknown if k in self.fixed]
+            why = f"; {fixed} are fixed by the name {self.name!r}" if fixed else ""
+            raise TypeError(f"{self.name}: unexpected keyword argument(s) {detail}{why}. "
+                            f"Valid options: {', '.join(allowed)}")
+        model = self.builder(**self.fixed, **{**self.defaults, **kwargs})
+        model.model_name = self.name
+        return model
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], *, fixed: dict[str, Any] | None = None,
+                   defaults: dict[str, Any] | None = None, family: str = "",
+                   description: str = "") -> ModelEntry:
+    """Register ``name`` so that ``create_model(name, **kw)`` calls ``builder(**fixed, **defaults, **kw)``."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    entry = ModelEntry(name, builder, dict(fixed or {}), dict(defaults or {}), family, description)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; unknown names raise ``ValueError`` with the closest matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (normfree.list_models() lists all)") from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("nf_resnet50", num_classes=10, drop_rate=0.2)``.
+
+    Unknown names raise ``ValueError`` naming the closest matches; unknown keywords raise ``TypeError``
+    naming them and listing the valid options.
+    """
+    return get_entry(name).build(**kwargs)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names in registration order, optionally filtered by a shell-style pattern
+    (``"nf_resnet*"``); a pattern without wildcards matches as a substring."""
+    names = list(_REGISTRY)
+    if pattern:
+        pat = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+    return names
