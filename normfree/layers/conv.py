@@ -7,7 +7,9 @@ Official formula (DeepMind ``base.WSConv2D``)::
 with biased per-output-channel variance, a per-channel gain (init 1) and a bias that is always present.
 γ is *not* in the conv: it lives in the activation (see :class:`~normfree.layers.GammaAct`).
 timm's convention (``ws="timm"``) is offered for loading timm weights: (W − mean)/sqrt(var + eps) with
-eps = 1e-5, and γ/sqrt(fan_in) folded into the conv scale.
+eps = 1e-5, and γ/sqrt(fan_in) folded into the conv scale. ``ws="plain"`` is the unscaled Weight
+Standardization of Qiao et al. (W − mean)/(std + 1e-5), unbiased std and no gain, meant to be followed
+by GroupNorm/BatchNorm (the GN+WS baseline).
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ class ScaledStdConv2d(nn.Conv2d):
     Args:
         padding: ``"same"`` (TensorFlow, asymmetric at stride 2, as the official code) or
             ``"symmetric"`` (PyTorch-style ``(k-1)//2``).
-        ws: ``"official"`` (max(fan_in·var, eps), eps=1e-4) or ``"timm"`` (var + eps, eps=1e-5, γ in scale).
+        ws: ``"official"`` (max(fan_in·var, eps), eps=1e-4), ``"timm"`` (var + eps, eps=1e-5, γ in scale)
+            or ``"plain"`` (Qiao et al.: unbiased std + eps, eps=1e-5, no gain parameter).
         gamma: only used with ``ws="timm"``, where the activation gain lives in the conv.
         eps: overrides the mode's default epsilon.
     """
@@ -68,14 +71,14 @@ class ScaledStdConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: Padding = "same",
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
-                 ws: Literal["official", "timm"] = "official", gamma: float = 1.0,
+                 ws: Literal["official", "timm", "plain"] = "official", gamma: float = 1.0,
                  eps: float | None = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
                          dilation=dilation, groups=groups, bias=bias)
-        if ws not in ("official", "timm"):
-            raise ValueError(f"ws must be 'official' or 'timm', got {ws!r}")
-        if ws == "official" and gamma != 1.0:
-            raise ValueError("with ws='official' γ belongs in the activation, not the conv")
+        if ws not in ("official", "timm", "plain"):
+            raise ValueError(f"ws must be 'official', 'timm' or 'plain', got {ws!r}")
+        if ws != "timm" and gamma != 1.0:
+            raise ValueError(f"with ws={ws!r} γ belongs in the activation, not the conv")
         static = _static_padding(self.kernel_size, self.stride, self.dilation, padding)  # type: ignore[arg-type]
         self.padding_mode_same = static is None
         if static is not None:
@@ -85,7 +88,7 @@ class ScaledStdConv2d(nn.Conv2d):
         self.gamma = float(gamma)
         self.eps = float(eps if eps is not None else (1e-4 if ws == "official" else 1e-5))
         self.fan_in = self.weight[0].numel()
-        self.gain = nn.Parameter(torch.ones(out_channels))
+        self.gain = nn.Parameter(torch.ones(out_channels)) if ws != "plain" else None
         nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(self.fan_in))  # official: fan-in normal
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -96,6 +99,9 @@ class ScaledStdConv2d(nn.Conv2d):
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         centered = w - mean
         var = centered.square().mean(dim=(1, 2, 3), keepdim=True)
+        if self.gain is None:  # plain WS
+            n = self.fan_in
+            return centered / ((var * (n / max(n - 1, 1))).sqrt() + self.eps)
         gain = self.gain.view(-1, 1, 1, 1)
         if self.ws == "official":
             scale = torch.rsqrt(torch.clamp(var * self.fan_in, min=self.eps))

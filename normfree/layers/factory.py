@@ -2,20 +2,28 @@
 
 Every family is written once against a :class:`LayerFactory`; switching the factory turns an NF-ResNet
 into its BatchNorm twin (same topology, BN→ReLU pre-activation as the official baseline) or into an
-NF-ResNet with plain convolutions (to show the mean shift that Scaled WS removes).
+NF-ResNet with plain convolutions (to show the mean shift that Scaled WS removes), or into one of the
+baselines of :mod:`normfree.layers.norms` (ReLU→BN, GroupNorm + WS, EvoNorm, Fixup).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 from torch import nn
 
 from .activations import GammaAct, get_gamma
 from .conv import Padding, ScaledStdConv2d, conv2d
+from .norms import BatchNorm2d, EvoNormB0, EvoNormS0, GroupNorm2d, ScalarBias
 
-NORMS: dict[str, type[nn.Module]] = {"bn": nn.BatchNorm2d}
-"""Normalization layers selectable by name; each is constructed as ``cls(channels)``."""
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "bn": BatchNorm2d, "gn": GroupNorm2d, "evonorm_b0": EvoNormB0, "evonorm_s0": EvoNormS0,
+}
+"""Normalization layers selectable by name; each is constructed as ``cls(channels, **norm_kwargs)``.
+Those with ``fused_act = True`` (EvoNorms) include the nonlinearity and replace ``norm → act``."""
+
+NormOrder = Literal["norm_act", "act_norm"]
 
 
 @dataclass(frozen=True)
@@ -28,20 +36,44 @@ class LayerFactory:
         std_conv: Scaled Weight Standardization (True) or plain He-initialized convs (False). With plain
             convs He init (weight variance 2/fan_in) supplies the variance-preserving gain, so the
             activation carries no γ.
-        ws: ``"official"`` (γ in the activation) or ``"timm"`` (γ folded into every conv, var + eps).
+        ws: ``"official"`` (γ in the activation), ``"timm"`` (γ folded into every conv, var + eps) or
+            ``"plain"`` (Qiao et al. WS, no gain; only before a normalization layer).
         padding: ``"same"`` (TensorFlow, as the official code) or ``"symmetric"``.
+        norm_order: ``"norm_act"`` (BN→ReLU, the official baseline) or ``"act_norm"`` (ReLU→BN).
+        norm_kwargs: options of the norm layer, e.g. ``{"scale_init": 0.1}`` or ``{"groups": 16}``.
+        fixup: Fixup's post-activation layers (normalizer-free, plain bias-free convs): a scalar bias
+            before every conv and activation, the activation moved after the residual sum.
     """
 
     act: str = "relu"
     norm: str | None = None
     std_conv: bool = True
-    ws: Literal["official", "timm"] = "official"
+    ws: Literal["official", "timm", "plain"] = "official"
     padding: Padding = "same"
+    norm_order: NormOrder = "norm_act"
+    norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    fixup: bool = False
 
     def __post_init__(self) -> None:
         get_gamma(self.act)  # validates the name
         if self.norm is not None and self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {sorted(NORMS)} or None")
+        if self.norm_order not in ("norm_act", "act_norm"):
+            raise ValueError(f"norm_order must be 'norm_act' or 'act_norm', got {self.norm_order!r}")
+        if self.norm_kwargs and self.norm is None:
+            raise ValueError("norm_kwargs given without a norm")
+        if self.std_conv and self.ws == "plain" and self.normalizer_free:
+            raise ValueError("plain weight standardization needs a normalization layer after it")
+        if self.fused_act and (self.act != "relu" or self.norm_order != "norm_act"):
+            raise ValueError(f"{self.norm} includes its own nonlinearity: leave act='relu' and "
+                             "norm_order='norm_act'")
+        if self.fixup and (self.norm is not None or self.std_conv):
+            raise ValueError("Fixup is normalizer-free with plain convs: norm=None, std_conv=False")
+
+    @property
+    def fused_act(self) -> bool:
+        """True for norm layers that include the activation (EvoNorm)."""
+        return self.norm is not None and getattr(NORMS[self.norm], "fused_act", False)
 
     @property
     def normalizer_free(self) -> bool:
@@ -63,14 +95,36 @@ class LayerFactory:
         if self.std_conv:
             gamma = get_gamma(self.act) if self.ws == "timm" else 1.0
             return ScaledStdConv2d(cin, cout, kernel, stride, padding=self.padding, groups=groups,
-                                   ws=self.ws, gamma=gamma)
-        return conv2d(cin, cout, kernel, stride, groups, padding=self.padding, bias=self.normalizer_free)
+                                   ws=self.ws, gamma=gamma, bias=self.ws != "plain")
+        return conv2d(cin, cout, kernel, stride, groups, padding=self.padding,
+                      bias=self.normalizer_free and not self.fixup)
 
     def act_layer(self, channels: int, scale: float = 1.0) -> nn.Module:
-        """The activation between convs; for normalized nets ``norm → act`` (the official order)."""
+        """The activation between convs; for normalized nets ``norm → act`` (the official order),
+        ``act → norm`` or a fused EvoNorm; for Fixup ``bias → act → bias``."""
         act = GammaAct(self.act, gamma=self.act_gamma, scale=scale)
-        if self.normalizer_free:
+        if self.normalizer_free and not self.fixup:
             return act
         if scale != 1.0:
-            raise ValueError("a normalized network has no β input scaling")
-        return nn.Sequential(NORMS[self.norm](channels), act)  # type: ignore[index]
+            raise ValueError("only a normalizer-free network with α/β scales its block inputs")
+        if self.fixup:
+            return nn.Sequential(OrderedDict(bias_in=ScalarBias(), act=act, bias_out=ScalarBias()))
+        norm = NORMS[self.norm](channels, **self.norm_kwargs)  # type: ignore[index]
+        if self.fused_act:
+            return norm
+        return nn.Sequential(norm, act) if self.norm_order == "norm_act" else nn.Sequential(act, norm)
+
+    def preact_layer(self, channels: int, scale: float = 1.0) -> nn.Module:
+        """What a residual block applies to its input first: the activation (with β) in pre-activation
+        nets; Fixup's input has been activated already, so only its scalar bias."""
+        return ScalarBias() if self.fixup else self.act_layer(channels, scale)
+
+    def post_layer(self) -> nn.Module | None:
+        """Applied after the residual sum (and after the stem conv): only Fixup, ``bias → act``."""
+        if not self.fixup:
+            return None
+        return nn.Sequential(OrderedDict(bias=ScalarBias(), act=GammaAct(self.act, gamma=1.0)))
+
+    def final_layer(self, channels: int) -> nn.Module:
+        """Before the global pool: the activation (pre-activation nets) or Fixup's classifier bias."""
+        return ScalarBias() if self.fixup else self.act_layer(channels)

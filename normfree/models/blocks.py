@@ -5,7 +5,8 @@ branch input unit-variance, α sets how much variance each block adds, and g is 
 initialized to zero (SkipInit). A transition block (one whose shortcut needs a projection) feeds the
 shortcut the pre-activated ``act(h) · β`` too, which resets the expected variance to 1.
 With a normalized :class:`~normfree.layers.LayerFactory` the same block is the pre-activation ResNet
-block (``act(bn(h))`` instead of ``act(h) · β``, α = 1, no gain).
+block (``act(bn(h))`` instead of ``act(h) · β``, α = 1, no gain). A Fixup factory adds ``post``, an
+activation after the sum, which makes the same block post-activation (see ``LayerFactory.fixup``).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class ResidualBlock(nn.Module):
     Attributes used by tools (analysis, conversion, fusion): ``preact``, ``shortcut`` (None means the
     identity on the raw input), ``branch`` (an ``nn.Sequential`` whose output is the residual-branch
     signal before stochastic depth, gain and α), ``skip_gain`` (scalar parameter or None), ``alpha``,
-    ``beta``.
+    ``beta``, ``post`` (applied after the residual sum; None except for Fixup).
     """
 
     def __init__(self, in_ch: int, convs: Sequence[ConvSpec], layers: LayerFactory, *,
@@ -55,7 +56,7 @@ class ResidualBlock(nn.Module):
         nf = layers.normalizer_free
         self.alpha = float(alpha) if nf else 1.0
         self.beta = float(beta) if nf else 1.0
-        self.preact = layers.act_layer(in_ch, scale=self.beta)
+        self.preact = layers.preact_layer(in_ch, scale=self.beta)
         self.shortcut = self._make_shortcut(in_ch, out_ch, stride, layers, shortcut)
 
         branch: OrderedDict[str, nn.Module] = OrderedDict()
@@ -73,6 +74,7 @@ class ResidualBlock(nn.Module):
         self.drop_path = StochasticDepth(drop_path_rate, scale_by_keep=drop_path_scale)
         self.skip_gain = (nn.Parameter(torch.full((), float(skipinit_gain)))
                           if nf and skipinit_gain is not None else None)
+        self.post = layers.post_layer()
 
     @staticmethod
     def _make_shortcut(in_ch: int, out_ch: int, stride: int, layers: LayerFactory,
@@ -100,7 +102,8 @@ class ResidualBlock(nn.Module):
             out = out * self.skip_gain
         if self.alpha != 1.0:
             out = out * self.alpha
-        return out + shortcut
+        out = out + shortcut
+        return out if self.post is None else self.post(out)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}, beta={self.beta:.6g}" if self.skip_gain is not None else ""

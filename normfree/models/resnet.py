@@ -8,13 +8,20 @@ BN→ReLU ResNetV2 of identical topology (the official baseline), with plain He-
 
 Small-input variants (``small_input=True``) use a 3×3 stem with 16 channels, no max-pool, and basic
 blocks of two 3×3 convs, stage widths [16, 32, 64]·width: ResNet-20/56/110 and Wide ResNets.
+
+The other baselines (ReLU→BN, revisited BN, GN+WS, EvoNorm-B0/S0, Fixup, SkipInit) are the same
+builder with other layer options; their registered names and training helpers are in
+:mod:`normfree.models.baselines` (see docs/baselines.md).
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from ..layers import LayerFactory, MaxPoolSame
 from ..layers.conv import Padding
+from ..layers.factory import NormOrder
+from ..layers.norms import input_batch_norm
+from .baselines import BASELINES, fixup_init
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
 from .net import ResNet, named_seq
 
@@ -43,19 +50,23 @@ def _stage_depths(depth: int | Sequence[int], small_input: bool) -> tuple[int, .
 
 def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width: float = 4,
            norm: str | None = None, num_classes: int = 1000, activation: str = "relu",
-           alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float = 0.0,
+           alpha: float | None = 0.2, stochdepth_rate: float = 0.1, drop_rate: float = 0.0,
            skipinit_gain: float = 0.0, use_se: bool = False, se_ratio: float = 0.25,
-           std_conv: bool = True, ws: Literal["official", "timm"] = "official",
+           std_conv: bool = True, ws: Literal["official", "timm", "plain"] = "official",
            padding: Padding = "same", shortcut: ShortcutKind = "conv",
-           stochdepth_scale: bool = False, fc_init_std: float = 0.01, in_chans: int = 3) -> ResNet:
+           stochdepth_scale: bool = False, fc_init_std: float = 0.01, in_chans: int = 3,
+           norm_order: NormOrder = "norm_act", norm_kwargs: dict[str, Any] | None = None,
+           input_norm: bool = False, fixup: bool = False) -> ResNet:
     """Build an NF-ResNet (``norm=None``) or its normalized twin.
 
     Args:
         depth: 26/50/101/152/200/288/600 (ImageNet) or 6n+2 (small input), or explicit stage depths.
         small_input: 32×32 variant (3×3 stem, no max-pool, basic blocks).
         width: channel multiplier; ImageNet default 4 gives [256, 512, 1024, 2048] as officially.
-        norm: None (normalizer-free) or ``"bn"``.
-        alpha: variance added per block; ignored by normalized nets.
+        norm: None (normalizer-free) or a key of :data:`~normfree.layers.NORMS` (``"bn"``, ``"gn"``,
+            ``"evonorm_b0"``, ``"evonorm_s0"``).
+        alpha: variance added per block; ignored by normalized nets. None: no α/β at all, a plain
+            residual sum (SkipInit, Fixup).
         stochdepth_rate: the last block's drop rate approaches this (official rate·i/N schedule).
         drop_rate: dropout before the classifier (the official code requires one; 0 here).
         skipinit_gain: initial value of each block's scalar branch gain (0 officially; 1 for analysis).
@@ -63,19 +74,38 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         ws / padding / shortcut / stochdepth_scale: official behaviour by default; ``ws="timm"``,
             ``padding="symmetric"``, ``shortcut="avgpool_conv"`` and ``stochdepth_scale=True`` match timm.
         fc_init_std: classifier weight std (0 → zeros, as the official BN baseline).
+        norm_order: ``"norm_act"`` (BN→ReLU) or ``"act_norm"`` (ReLU→BN).
+        norm_kwargs: norm-layer options, e.g. ``{"scale_init": 0.1}`` (revisited BN), ``{"groups": 32}``.
+        input_norm: revisited BN's online input normalization: a BN on the raw images before the stem
+            (scale 0.58 × ``norm_kwargs["scale_init"]``, shift frozen at 0).
+        fixup: Fixup (Zhang et al. 2019): post-activation blocks with scalar biases, the skip gain as
+            the per-branch multiplier (pass ``skipinit_gain=1``, ``alpha=None``, ``std_conv=False``),
+            and Fixup's initialization (:func:`~normfree.models.baselines.fixup_init`).
     """
     depths = _stage_depths(depth, small_input)
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
-    layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding)
+    if fixup and (alpha is not None or skipinit_gain == 0):
+        raise ValueError("Fixup has no α/β and its branch multiplier starts at 1: "
+                         "pass alpha=None and skipinit_gain=1")
+    layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding,
+                          norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup)
+    first = {}
+    if input_norm:
+        first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0))
     if small_input:
         widths = [max(1, int(c * width)) for c in (16, 32, 64)]
         strides, stem_ch = (1, 2, 2), 16
-        stem = named_seq(conv=layers.conv(in_chans, stem_ch, 3))
+        stem = named_seq(**first, conv=layers.conv(in_chans, stem_ch, 3))
     else:
         widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
         strides, stem_ch = (1, 2, 2, 2), max(1, int(16 * width))
-        stem = named_seq(conv=layers.conv(in_chans, stem_ch, 7, 2), pool=MaxPoolSame(3, 2, padding))
+        stem = named_seq(**first, conv=layers.conv(in_chans, stem_ch, 7, 2))
+    post = layers.post_layer()
+    if post is not None:
+        stem.add_module("act", post)
+    if not small_input:
+        stem.add_module("pool", MaxPoolSame(3, 2, padding))
 
     def block_fn(in_ch: int, s: int, b: int, beta: float, rate: float) -> ResidualBlock:
         out, stride = widths[s], (strides[s] if b == 0 else 1)
@@ -84,15 +114,18 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         else:
             mid = max(1, int(out * 0.25))
             convs = [ConvSpec(mid, 1), ConvSpec(mid, 3, stride), ConvSpec(out, 1)]
-        return ResidualBlock(in_ch, convs, layers, beta=beta, alpha=alpha,
+        return ResidualBlock(in_ch, convs, layers, beta=beta, alpha=1.0 if alpha is None else alpha,
                              se_hidden=max(1, int(out * se_ratio)) if use_se else 0,
                              shortcut=shortcut, drop_path_rate=rate, drop_path_scale=stochdepth_scale,
                              skipinit_gain=skipinit_gain)
 
-    stages, expected = build_stages(stem_ch, depths, block_fn, alpha, stochdepth_rate)
-    return ResNet(stem, stages, layers.act_layer(widths[-1]), widths[-1], num_classes, drop_rate,
-                  fc_init_std, expected if layers.normalizer_free else None,
-                  input_size=32 if small_input else 224)
+    stages, expected = build_stages(stem_ch, depths, block_fn, alpha or 0.0, stochdepth_rate)
+    model = ResNet(stem, stages, layers.final_layer(widths[-1]), widths[-1], num_classes, drop_rate,
+                   fc_init_std, expected if layers.normalizer_free and alpha is not None else None,
+                   input_size=32 if small_input else 224)
+    if fixup:
+        fixup_init(model)
+    return model
 
 
 def _register() -> None:
@@ -115,6 +148,15 @@ def _register() -> None:
         register_model(f"bn_{name}", resnet, fixed={"depth": depth, "small_input": True, "norm": "bn"},
                        defaults={"width": width, "num_classes": 10, **bn_defaults}, family="bn_cifar",
                        description=f"BN {label} for 32x32 inputs, twin of nf_{name}")
+    arches = [(f"resnet{d}", {"depth": d}, {}, f"ResNet-{d}") for d in IMAGENET_DEPTHS]
+    arches += [(name, {"depth": depth, "small_input": True}, {"width": width, "num_classes": 10},
+                name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-"))
+               for name, depth, width in small]
+    for prefix, base in BASELINES.items():
+        for arch, fixed, defaults, label in arches:
+            register_model(f"{prefix}_{arch}", resnet, fixed={**fixed, **base.fixed},
+                           defaults={**defaults, **base.defaults}, family=f"{prefix}_resnet",
+                           description=f"{base.label} {label}, twin of nf_{arch}")
 
 
 _register()
