@@ -1,6 +1,8 @@
 """Model families. Importing this package registers every model with :mod:`normfree.registry`."""
+from .baselines import BASELINES, fixup_init, fixup_param_groups, revisited_bn_param_groups
 from .blocks import ConvSpec, ResidualBlock, build_stages
 from .net import ResNet
 from .resnet import IMAGENET_DEPTHS, resnet
 
-__all__ = ["ConvSpec", "ResidualBlock", "build_stages", "ResNet", "IMAGENET_DEPTHS", "resnet"]
+__all__ = ["ConvSpec", "ResidualBlock", "build_stages", "ResNet", "IMAGENET_DEPTHS", "resnet",
+           "BASELINES", "fixup_init", "fixup_param_groups", "revisited_bn_param_groups"]

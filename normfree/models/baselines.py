@@ -33,16 +33,14 @@ class Baseline:
 BASELINES: dict[str, Baseline] = {
     "relubn": Baseline("pre-activation ReLU→BN", {"norm": "bn", "norm_order": "act_norm"},
                        BASE_DEFAULTS),
-    "revbn": Baseline("revisited-BN (BN scale init 0.1, BN input normalization)", {"norm": "bn"},
+    "revbn": Baseline("revisited BN (scale init 0.1, BN on the input)", {"norm": "bn"},
                       {**BASE_DEFAULTS, "norm_kwargs": {"scale_init": 0.1}, "input_norm": True}),
-    "gnws": Baseline("GroupNorm + Weight Standardization",
-                     {"norm": "gn", "std_conv": True, "ws": "plain"},
-                     _RECIPE),
+    "gnws": Baseline("GroupNorm + WS", {"norm": "gn", "std_conv": True, "ws": "plain"}, _RECIPE),
     "evob0": Baseline("EvoNorm-B0", {"norm": "evonorm_b0"}, BASE_DEFAULTS),
     "evos0": Baseline("EvoNorm-S0", {"norm": "evonorm_s0"}, BASE_DEFAULTS),
-    "fixup": Baseline("Fixup (post-activation)", {"fixup": True, "alpha": None, "std_conv": False},
+    "fixup": Baseline("Fixup", {"fixup": True, "alpha": None, "std_conv": False},
                       {**_RECIPE, "skipinit_gain": 1.0}),
-    "skipinit": Baseline("SkipInit (no WS, no α/β)", {"alpha": None, "std_conv": False},
+    "skipinit": Baseline("SkipInit", {"alpha": None, "std_conv": False},
                          {**_RECIPE, "skipinit_gain": 0.0}),
 }
 """Registered-name prefix → baseline (``bn_*``, BN→ReLU, is registered with the NF nets)."""

@@ -148,14 +148,14 @@ def _register() -> None:
         register_model(f"bn_{name}", resnet, fixed={"depth": depth, "small_input": True, "norm": "bn"},
                        defaults={"width": width, "num_classes": 10, **bn_defaults}, family="bn_cifar",
                        description=f"BN {label} for 32x32 inputs, twin of nf_{name}")
-    arches = [(f"resnet{d}", {"depth": d}, {}, f"ResNet-{d}") for d in IMAGENET_DEPTHS]
+    arches = [(f"resnet{d}", {"depth": d}, {}, f"ResNet-{d}", "resnet") for d in IMAGENET_DEPTHS]
     arches += [(name, {"depth": depth, "small_input": True}, {"width": width, "num_classes": 10},
-                name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-"))
+                name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-"), "cifar")
                for name, depth, width in small]
     for prefix, base in BASELINES.items():
-        for arch, fixed, defaults, label in arches:
+        for arch, fixed, defaults, label, family in arches:
             register_model(f"{prefix}_{arch}", resnet, fixed={**fixed, **base.fixed},
-                           defaults={**defaults, **base.defaults}, family=f"{prefix}_resnet",
+                           defaults={**defaults, **base.defaults}, family=f"{prefix}_{family}",
                            description=f"{base.label} {label}, twin of nf_{arch}")
 
 
