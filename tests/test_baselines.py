@@ -218,9 +218,15 @@ def test_evonorm_spp_finite_and_growing(prefix):
         assert all(b > a for a, b in zip(var[sl], var[sl][1:]))
 
 
-def test_fused_norm_rejects_a_separate_activation():
+def test_inconsistent_layer_options_are_rejected():
     with pytest.raises(ValueError, match="own nonlinearity"):
         normfree.create_model("evos0_cifar_resnet20", activation="gelu")
+    with pytest.raises(ValueError, match="without a norm"):
+        normfree.create_model("nf_cifar_resnet20", norm_order="act_norm")
+    with pytest.raises(ValueError, match="needs a normalization"):
+        normfree.create_model("nf_cifar_resnet20", ws="plain")
+    with pytest.raises(ValueError, match="unknown norm"):
+        normfree.create_model("nf_cifar_resnet20", norm="ln")
 
 
 # ---------------------------------------------------------------- Fixup

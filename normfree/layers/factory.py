@@ -60,8 +60,8 @@ class LayerFactory:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {sorted(NORMS)} or None")
         if self.norm_order not in ("norm_act", "act_norm"):
             raise ValueError(f"norm_order must be 'norm_act' or 'act_norm', got {self.norm_order!r}")
-        if self.norm_kwargs and self.norm is None:
-            raise ValueError("norm_kwargs given without a norm")
+        if self.norm is None and (self.norm_kwargs or self.norm_order != "norm_act"):
+            raise ValueError("norm_kwargs / norm_order given without a norm")
         if self.std_conv and self.ws == "plain" and self.normalizer_free:
             raise ValueError("plain weight standardization needs a normalization layer after it")
         if self.fused_act and (self.act != "relu" or self.norm_order != "norm_act"):
