@@ -68,12 +68,12 @@ class EvoNormB0(nn.Module):
 
     Batch-dependent like BN: the batch variance (no mean subtraction) is tracked as a running average
     (momentum 0.1, unbiased, as ``nn.BatchNorm2d``) and used instead of the batch's in eval mode.
-    Formula as timm ``EvoNorm2dB0`` / the paper; ε = 1e-5.
+    Formula and defaults as timm ``EvoNorm2dB0`` (ε = 1e-3 in both square roots).
     """
 
     fused_act = True
 
-    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, channels: int, eps: float = 1e-3, momentum: float = 0.1) -> None:
         super().__init__()
         self.eps, self.momentum = eps, momentum
         self.weight, self.bias, self.v = _param(channels, 1.0), _param(channels, 0.0), _param(channels, 1.0)
