@@ -314,6 +314,16 @@ def test_skipinit_branches_off_plain_convs_no_alpha_beta():
         assert len(set(var[sl])) == 1
 
 
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_imagenet_size_spp_is_finite(prefix):
+    torch.manual_seed(0)
+    model = normfree.create_model(f"{prefix}_resnet26", width=0.25, num_classes=10)
+    stats = block_output_stats(model, torch.randn(4, 3, 64, 64))
+    assert len(stats) == 8 and all(math.isfinite(q) and 0 < v < 1e6 for q, v in stats)
+    if prefix in ("fixup", "skipinit"):  # zero branches: the second block of each stage is a no-op
+        assert stats[1::2] == stats[0::2]
+
+
 def test_baselines_train_one_step():
     """Every baseline is differentiable end to end and its loss is finite."""
     torch.manual_seed(0)
