@@ -76,7 +76,8 @@ class EvoNormB0(nn.Module):
     def __init__(self, channels: int, eps: float = 1e-3, momentum: float = 0.1) -> None:
         super().__init__()
         self.eps, self.momentum = eps, momentum
-        self.weight, self.bias, self.v = _param(channels, 1.0), _param(channels, 0.0), _param(channels, 1.0)
+        self.weight, self.bias = _param(channels, 1.0), _param(channels, 0.0)
+        self.v = _param(channels, 1.0)
         self.register_buffer("running_var", torch.ones(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,8 @@ class EvoNormS0(nn.Module):
     def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5) -> None:
         super().__init__()
         self.groups, self.eps = fit_groups(channels, groups), eps
-        self.weight, self.bias, self.v = _param(channels, 1.0), _param(channels, 0.0), _param(channels, 1.0)
+        self.weight, self.bias = _param(channels, 1.0), _param(channels, 0.0)
+        self.v = _param(channels, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
