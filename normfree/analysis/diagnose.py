@@ -13,6 +13,7 @@ from .spp import SPPResult
 
 MEAN_SHIFT_RATIO = 0.05    # squared channel mean as a fraction of the channel variance
 MEAN_SHIFT_GROWTH = 5.0    # last block / first block squared mean that counts as "growing with depth"
+MEAN_SHIFT_RESET = 0.7    # a transition that multiplies the squared mean by less than this resets it
 VAR_EXPLODE = 100.0        # block variance / stem variance
 VAR_COLLAPSE = 0.01
 EXPECTED_TOLERANCE = 0.25  # relative deviation from the expected 1 + k·α² curve
@@ -42,7 +43,7 @@ def _mean_shift(r: SPPResult) -> Finding | None:
     worst = max(range(len(ratios)), key=ratios.__getitem__)
     first, last = r.sq_mean[0], r.sq_mean[-1]
     resets = [i for i in range(1, len(r.names)) if r.transition[i]]
-    if resets and all(r.sq_mean[i] < 0.5 * r.sq_mean[i - 1] for i in resets):
+    if resets and all(r.sq_mean[i] < MEAN_SHIFT_RESET * r.sq_mean[i - 1] for i in resets):
         how = ("it builds up within each stage and resets at every stage transition (what normalization "
                "layers do), so it does not accumulate through the whole network")
     elif last >= MEAN_SHIFT_GROWTH * max(first, 1e-12):
@@ -139,6 +140,14 @@ def _gradients(r: SPPResult) -> Finding | None:
     return None
 
 
+def _stem_note(r: SPPResult) -> str:
+    if 0.5 <= r.stem_var <= 2.0:
+        return ""
+    return (f" Note the stem output variance is {r.stem_var:.3g}, not about 1: the expected curve and a "
+            "unit residual variance assume a unit-variance signal (N(0,1) inputs; real images, whose "
+            "smooth content zero-mean filters remove, give less).")
+
+
 def find_problems(result: SPPResult) -> list[Finding]:
     """All findings for one result, non-finite values first (nothing else is meaningful then)."""
     values = [result.stem_var, *result.var, *result.sq_mean]
@@ -147,7 +156,10 @@ def find_problems(result: SPPResult) -> list[Finding]:
         return [Finding("nonfinite", i, f"The signal is NaN or infinite from block {i} "
                                          f"({result.names[i]}) on; check the init and the input scale.")]
     checks = (_mean_shift, _variance, _expected, _residual, _gradients)
-    return [f for f in (check(result) for check in checks) if f is not None]
+    found = [f for f in (check(result) for check in checks) if f is not None]
+    note = _stem_note(result)
+    return [Finding(f.kind, f.block, f.message + note) if f.kind in ("expected", "residual") else f
+            for f in found]
 
 
 def _summary(r: SPPResult) -> str:

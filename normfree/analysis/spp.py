@@ -175,11 +175,11 @@ def _input_channels(model: nn.Module) -> int | None:
 
 
 def make_inputs(model: nn.Module, input_shape: Sequence[int] | None = None, seed: int = 0,
-                batch: int = 16) -> torch.Tensor:
-    """N(0, 1) images on the model's device and dtype; default shape ``(batch, C, S, S)`` from the model's
-    first conv and ``model.input_size`` (224 if absent)."""
+                batch: int = 16, size: int | None = None) -> torch.Tensor:
+    """Seeded N(0, 1) images on the model's device and dtype; default shape ``(batch, C, size, size)``
+    with C from the model's first conv and ``size`` from ``model.input_size`` (224 if absent)."""
     if input_shape is None:
-        size = int(getattr(model, "input_size", 224))
+        size = size or int(getattr(model, "input_size", 224))
         input_shape = (batch, _input_channels(model) or 3, size, size)
     param = next(model.parameters(), None)
     gen = torch.Generator().manual_seed(seed)
