@@ -24,7 +24,8 @@ GRAD_RATIO = 100.0         # first-block / last-block gradient norm (or its inve
 @dataclass(frozen=True)
 class Finding:
     """One problem: ``kind`` (mean_shift, variance, expected, residual, gradients, nonfinite), the block
-    index where it starts (0-based, -1 when it concerns no single block) and a plain-words message."""
+    where it starts, numbered as in the figure and the CSV (1 = first block; -1 when it concerns no
+    single block), and a plain-words message."""
 
     kind: str
     block: int
@@ -33,6 +34,11 @@ class Finding:
 
 def _first(values: Sequence[float], test) -> int:
     return next(i for i, v in enumerate(values) if test(v))
+
+
+def _at(r: SPPResult, i: int) -> str:
+    """Block ``i`` (list index) as the figure and CSV number it."""
+    return f"block {i + 1} ({r.names[i]})"
 
 
 def _mean_shift(r: SPPResult) -> Finding | None:
@@ -53,10 +59,10 @@ def _mean_shift(r: SPPResult) -> Finding | None:
     fix = ("Zero-mean weights remove it: Scaled Weight Standardization (normfree: std_conv=True, the "
            "default), or a normalization layer that re-centres the signal. A growing mean shift makes all "
            "examples look alike to later layers and hurts training.")
-    return Finding("mean_shift", start,
+    return Finding("mean_shift", start + 1,
                    f"Mean shift: the average channel squared mean exceeds {MEAN_SHIFT_RATIO:.0%} of the "
-                   f"variance from block {start} ({r.names[start]}) on, up to {ratios[worst]:.0%} at block "
-                   f"{worst}; {how}. {fix}")
+                   f"variance from {_at(r, start)} on, up to {ratios[worst]:.0%} at block "
+                   f"{worst + 1}; {how}. {fix}")
 
 
 def _variance(r: SPPResult) -> Finding | None:
@@ -64,16 +70,16 @@ def _variance(r: SPPResult) -> Finding | None:
     rel = [v / ref for v in r.var]
     if max(rel) > VAR_EXPLODE:
         i = _first(rel, lambda x: x > math.sqrt(VAR_EXPLODE))
-        return Finding("variance", i,
-                       f"Exploding variance: up to {max(rel):.3g}x the stem's, above {math.sqrt(VAR_EXPLODE):g}x "
-                       f"from block {i} ({r.names[i]}) on. Scale residual branches down (α, β = 1/expected "
-                       "std, a zero skip gain at init) or normalize; in a plain ResNet the variance adds up "
-                       "block after block.")
+        return Finding("variance", i + 1,
+                       f"Exploding variance: up to {max(rel):.3g}x the stem's, above "
+                       f"{math.sqrt(VAR_EXPLODE):g}x from {_at(r, i)} on. Scale residual branches down (α, "
+                       "β = 1/expected std, a zero skip gain at init) or normalize; in a plain ResNet the "
+                       "variance adds up block after block.")
     if min(rel) < VAR_COLLAPSE:
         i = _first(rel, lambda x: x < math.sqrt(VAR_COLLAPSE))
-        return Finding("variance", i,
+        return Finding("variance", i + 1,
                        f"Collapsing variance: down to {min(rel):.3g}x the stem's, below "
-                       f"{math.sqrt(VAR_COLLAPSE):g}x from block {i} ({r.names[i]}) on. Check the init gains "
+                       f"{math.sqrt(VAR_COLLAPSE):g}x from {_at(r, i)} on. Check the init gains "
                        "(He fan-in for ReLU, the activation's γ with Scaled WS) and that shortcuts pass the "
                        "signal through.")
     return None
@@ -84,8 +90,8 @@ def _expected(r: SPPResult) -> Finding | None:
     if dev is None or max(abs(d) for d in dev) <= EXPECTED_TOLERANCE:
         return None
     i = _first(dev, lambda d: abs(d) > EXPECTED_TOLERANCE)
-    return Finding("expected", i,
-                   f"Variance off the expected 1 + k·α² curve by {dev[i]:+.0%} at block {i} ({r.names[i]}) "
+    return Finding("expected", i + 1,
+                   f"Variance off the expected 1 + k·α² curve by {dev[i]:+.0%} at {_at(r, i)} "
                    f"(worst {max(dev, key=abs):+.0%}). The β/α bookkeeping assumes variance-preserving "
                    "branches: check Scaled WS, the activation's γ and unit skip gains.")
 
@@ -95,7 +101,7 @@ def _residual(r: SPPResult) -> Finding | None:
     if not res:
         return None
     if all(v < 1e-8 for _, v in res):
-        return Finding("residual", res[0][0],
+        return Finding("residual", res[0][0] + 1,
                        "Residual branches output exactly zero: they are zero-initialized (e.g. a zero-init "
                        "last BN γ or SkipInit inside the branch), so the network is the identity plus "
                        "shortcuts at init. Build with non-zero branch init to analyse propagation.")
@@ -104,9 +110,9 @@ def _residual(r: SPPResult) -> Finding | None:
         return None
     i, v = far[0]
     worst = max(far, key=lambda t: abs(t[1] - 1.0))
-    return Finding("residual", i,
-                   f"Residual-branch variance far from 1: {v:.3g} at block {i} ({r.names[i]}), worst "
-                   f"{worst[1]:.3g} at block {worst[0]}, {len(far)} of {len(res)} blocks off by more than "
+    return Finding("residual", i + 1,
+                   f"Residual-branch variance far from 1: {v:.3g} at {_at(r, i)}, worst {worst[1]:.3g} "
+                   f"at block {worst[0] + 1}, {len(far)} of {len(res)} blocks off by more than "
                    f"{RESIDUAL_TOLERANCE}. Variance-preserving branches (Scaled WS with the activation's γ, "
                    "or He init with normalization) keep it near 1; a low value means the branch loses "
                    "signal, often to a mean shift the ReLUs cut off.")
@@ -125,18 +131,18 @@ def _gradients(r: SPPResult) -> Finding | None:
     ratio = g[0] / last if last > 0 else math.inf
     if ratio < 1 / GRAD_RATIO:
         i = max(i for i, x in enumerate(g) if x < last / math.sqrt(GRAD_RATIO))
-        return Finding("gradients", i,
+        return Finding("gradients", i + 1,
                        f"Vanishing gradients: the gradient norm at the first block is {ratio:.2g}x the last "
-                       f"block's; it falls below {1 / math.sqrt(GRAD_RATIO):g}x at block {i} ({r.names[i]}) "
+                       f"block's; it falls below {1 / math.sqrt(GRAD_RATIO):g}x at {_at(r, i)} "
                        "going backward. Residual branches with a small init (skip gain, α) and shortcuts "
                        "that pass the signal keep gradients flowing.")
     if ratio > GRAD_RATIO:
         i = max(i for i, x in enumerate(g) if x > last * math.sqrt(GRAD_RATIO))
-        return Finding("gradients", i,
+        return Finding("gradients", i + 1,
                        f"Exploding gradients: the gradient norm at the first block is {ratio:.3g}x the last "
-                       f"block's; it exceeds {math.sqrt(GRAD_RATIO):g}x at block {i} ({r.names[i]}) going "
-                       "backward. Smaller α or a zero skip gain at init, adaptive gradient clipping (NFNets), "
-                       "or a lower learning rate help.")
+                       f"block's; it exceeds {math.sqrt(GRAD_RATIO):g}x at {_at(r, i)} going "
+                       "backward. Smaller α or a zero skip gain at init, adaptive gradient clipping "
+                       "(NFNets), or a lower learning rate help.")
     return None
 
 
@@ -153,8 +159,8 @@ def find_problems(result: SPPResult) -> list[Finding]:
     values = [result.stem_var, *result.var, *result.sq_mean]
     if not all(math.isfinite(v) for v in values):
         i = _first([*result.var, *result.sq_mean], lambda v: not math.isfinite(v)) % len(result.var)
-        return [Finding("nonfinite", i, f"The signal is NaN or infinite from block {i} "
-                                         f"({result.names[i]}) on; check the init and the input scale.")]
+        return [Finding("nonfinite", i + 1, f"The signal is NaN or infinite from "
+                                         f"{_at(result, i)} on; check the init and the input scale.")]
     checks = (_mean_shift, _variance, _expected, _residual, _gradients)
     found = [f for f in (check(result) for check in checks) if f is not None]
     note = _stem_note(result)
@@ -164,7 +170,8 @@ def find_problems(result: SPPResult) -> list[Finding]:
 
 def _summary(r: SPPResult) -> str:
     ratio = max(s / v for s, v in zip(r.sq_mean, r.var) if v > 0)
-    parts = [f"squared mean up to {ratio:.1%} of the variance", f"variance {min(r.var):.3g}–{max(r.var):.3g}"]
+    parts = [f"squared mean up to {ratio:.1%} of the variance",
+             f"variance {min(r.var):.3g}–{max(r.var):.3g}"]
     if r.deviation is not None:
         parts.append(f"at most {max(abs(d) for d in r.deviation):.0%} off the expected curve")
     res = [v for v in r.res_var if v is not None]

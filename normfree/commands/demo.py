@@ -24,8 +24,9 @@ def _run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     results = measure(specs, batch=args.batch, input_size=args.input_size, skipinit_gain=1.0)
     print(f"measured in {time.perf_counter() - start:.1f}s\n")
-    write(results, args.out, title=f"ResNet-50 depth, width {args.width:g} ({'official' if args.width == 4 else 'reduced'}), "
-                                   f"{args.input_size}px N(0,1) inputs, batch {args.batch}")
+    width = f"width {args.width:g}" + (" (official)" if args.width == 4 else " (reduced; official 4)")
+    write(results, args.out,
+          title=f"ResNet-50 depth, {width}, {args.input_size}px N(0,1) inputs, batch {args.batch}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
