@@ -171,9 +171,9 @@ def test_named_blocks_on_a_custom_model():
     with pytest.raises(ValueError, match="no module name matches"):
         find_blocks(model, ["layers.*"])
     with pytest.raises(ValueError, match="no submodule 'trunk'"):
-        find_blocks(model, "blocks.?", branch="trunk")
+        find_blocks(model, "blocks.*", branch="trunk")
     x = torch.randn(4, 3, 8, 8)
-    r = signal_propagation(model, x, blocks="blocks.?", branch="body")
+    r = signal_propagation(model, x, blocks="blocks.*", branch="body")  # not blocks.0.body etc.
     assert r.names == ["blocks.0", "blocks.1", "blocks.2"]
     with torch.no_grad():
         stem = model.stem(x)

@@ -11,8 +11,9 @@ from .callback import SPPRecorder
 from .diagnose import Finding, diagnose, find_problems
 from .grads import gradient_stats
 from .plot import plot_spp
-from .spp import (SPPResult, channel_stats, load_csv, load_json, measurement_mode, save_csv, save_json,
+from .spp import (SPPResult, load_csv, load_json, measurement_mode, save_csv, save_json,
                   signal_propagation)
+from .stats import channel_stats
 
 __all__ = ["Block", "Finding", "SPPRecorder", "SPPResult", "channel_stats", "diagnose", "find_blocks",
            "find_problems", "gradient_stats", "load_csv", "load_json", "measurement_mode", "plot_spp",

@@ -59,7 +59,8 @@ def find_blocks(model: nn.Module, patterns: Sequence[str] | str | None = None,
 
     Args:
         patterns: shell patterns over module names (e.g. ``"layers.*"``) to pick blocks by hand; by
-            default normfree and torchvision/timm-style ResNet blocks are found automatically.
+            default normfree and torchvision/timm-style ResNet blocks are found automatically. Modules
+            inside a chosen block are never blocks themselves (``*`` also matches dots).
         branch: name of the submodule (relative to each block) whose output is the residual branch,
             for blocks where it cannot be found automatically.
     Raises ``ValueError`` when nothing is found, naming what was looked for.
@@ -67,23 +68,22 @@ def find_blocks(model: nn.Module, patterns: Sequence[str] | str | None = None,
     if isinstance(patterns, str):
         patterns = [patterns]
     found: list[Block] = []
-    if patterns:
-        for name, module in model.named_modules():
-            if name and any(fnmatch.fnmatchcase(name, p) for p in patterns):
-                found.append(_describe(name, module, branch))
-        if not found:
-            raise ValueError(f"no module name matches {list(patterns)}; module names look like "
-                             f"{[n for n, _ in model.named_modules() if n][:8]}")
-        return found
-    inside = ()  # prefixes of blocks already taken: a block's own submodules are never blocks
+    inside: tuple[str, ...] = ()  # prefixes of blocks already taken: their submodules are never blocks
     for name, module in model.named_modules():
-        if inside and name.startswith(inside):
+        if not name or (inside and name.startswith(inside)):
             continue
-        if isinstance(module, ResidualBlock) or _resnet_like_branch_end(module) is not None:
+        if patterns:
+            chosen = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        else:
+            chosen = isinstance(module, ResidualBlock) or _resnet_like_branch_end(module) is not None
+        if chosen:
             found.append(_describe(name, module, branch))
             inside = (*inside, name + ".")
-    if not found:
-        raise ValueError(f"no residual blocks found in {type(model).__name__}: expected normfree "
-                         "ResidualBlocks or torchvision/timm-style blocks (conv1, conv2, downsample); "
-                         "name the blocks with module-name patterns, e.g. blocks=['layers.*']")
-    return found
+    if found:
+        return found
+    if patterns:
+        raise ValueError(f"no module name matches {list(patterns)}; module names look like "
+                         f"{[n for n, _ in model.named_modules() if n][:8]}")
+    raise ValueError(f"no residual blocks found in {type(model).__name__}: expected normfree "
+                     "ResidualBlocks or torchvision/timm-style blocks (conv1, conv2, downsample); "
+                     "name the blocks with module-name patterns, e.g. blocks=['layers.*']")

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .spp import channel_stats, first_tensor
+from .stats import channel_stats, first_tensor
 
 
 def cross_entropy(output: object, labels: torch.Tensor) -> torch.Tensor:

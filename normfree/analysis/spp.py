@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from .blocks import Block, find_blocks
+from .grads import gradient_stats
+from .stats import channel_stats, first_tensor
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -127,13 +129,6 @@ def load_csv(path: str | Path) -> list[SPPResult]:
     return results
 
 
-def channel_stats(x: torch.Tensor) -> tuple[float, float]:
-    """(average channel squared mean, average channel biased variance), channels on dim 1."""
-    dims = [0, *range(2, x.ndim)]
-    var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=0)
-    return (mean**2).mean().item(), var.mean().item()
-
-
 @contextlib.contextmanager
 def measurement_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode (no stochastic depth or dropout) with batch-statistics BatchNorm, as the paper measures.
@@ -156,15 +151,6 @@ def measurement_mode(model: nn.Module) -> Iterator[None]:
             for m, buffers in saved:
                 for k, b in buffers.items():
                     getattr(m, k).copy_(b)
-
-
-def first_tensor(out: object) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise ValueError(f"a block returned {type(out).__name__}; expected a tensor (or a tuple starting "
-                     "with one)")
 
 
 def _input_channels(model: nn.Module) -> int | None:
@@ -228,8 +214,8 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
     x = make_inputs(model, input_shape, seed) if inputs is None else inputs
     check_inputs(model, x)
     stem: list[tuple[float, float]] = []
-    outputs: dict[str, torch.Tensor] = {}
-    order: list[str] = []
+    block_stats: dict[str, tuple[float, float]] = {}  # in forward order
+    outputs: list[torch.Tensor] = []  # kept only for the backward pass
     branch_stats: dict[str, float] = {}
 
     def on_stem(_m: nn.Module, args: tuple) -> None:
@@ -238,9 +224,10 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
 
     def on_block(name: str) -> Callable:
         def hook(_m: nn.Module, _args: tuple, out: object) -> None:
-            if name not in outputs:
-                order.append(name)
-                outputs[name] = first_tensor(out)
+            if name not in block_stats:
+                block_stats[name] = channel_stats(first_tensor(out))
+                if gradients:
+                    outputs.append(first_tensor(out))
         return hook
 
     def on_branch(name: str) -> Callable:
@@ -258,21 +245,20 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
             logits = model(x.detach().requires_grad_(True) if gradients else x)
             grads = None
             if gradients:
-                from .grads import gradient_stats
-                grads = gradient_stats([outputs[n] for n in order], logits, loss_fn, seed)
+                grads = gradient_stats(outputs, logits, loss_fn, seed)
     finally:
         for h in handles:
             h.remove()
-    missing = [b.name for b in found if b.name not in outputs]
+    missing = [b.name for b in found if b.name not in block_stats]
     if missing:
         raise ValueError(f"blocks {missing} were never called by the model's forward")
+    order = list(block_stats)
     by_name = {b.name: b for b in found}
-    stats = [channel_stats(outputs[n]) for n in order]
     return SPPResult(
         model=str(getattr(model, "model_name", type(model).__name__)), input_shape=list(x.shape),
         names=order, transition=[by_name[n].transition for n in order],
         stem_sq_mean=stem[0][0], stem_var=stem[0][1],
-        sq_mean=[s[0] for s in stats], var=[s[1] for s in stats],
+        sq_mean=[block_stats[n][0] for n in order], var=[block_stats[n][1] for n in order],
         res_var=[branch_stats.get(n) for n in order],
         expected_var=_expected_var(model, [by_name[n] for n in order]),
         grad_var=grads[0] if grads else None, grad_norm=grads[1] if grads else None)
