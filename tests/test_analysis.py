@@ -58,14 +58,14 @@ def test_plain_convs_show_a_mean_shift_growing_with_depth():
 
 def test_bn_relu_resnet_grows_within_stages_and_resets():
     r = spp("bn_cifar_resnet56", (16, 3, 32, 32), width=2)  # 32–128 channels: less sampling noise
-    starts = [i for i, t in enumerate(r.transition) if t] + [0]
-    stages = [range(a, b) for a, b in zip(sorted(starts), sorted(starts)[1:] + [len(r.names)])]
+    bounds = sorted({0, *(i for i, t in enumerate(r.transition) if t)})
+    stages = [range(a, b) for a, b in zip(bounds, bounds[1:] + [len(r.names)])]
     assert len(stages) == 3
     for stage in stages:
         var = [r.var[i] for i in stage]
         assert all(b > a for a, b in zip(var, var[1:])), var
         assert r.sq_mean[stage[-1]] > 2 * r.sq_mean[stage[0]]
-    for t in starts[:-1]:
+    for t in bounds[1:]:
         assert r.var[t] < 0.5 * r.var[t - 1] and r.sq_mean[t] < 0.5 * r.sq_mean[t - 1]
     for v in r.res_var:
         assert v == pytest.approx(HE_RELU_RES_VAR, rel=0.10)
