@@ -9,6 +9,9 @@ import torch.nn.functional as F
 
 from .stats import channel_stats, first_tensor
 
+LossFn = Callable[[object, torch.Tensor], torch.Tensor]
+"""``loss_fn(model_output, labels) -> scalar``."""
+
 
 def cross_entropy(output: object, labels: torch.Tensor) -> torch.Tensor:
     """The default loss: cross-entropy of ``(N, classes)`` logits."""
@@ -20,7 +23,7 @@ def cross_entropy(output: object, labels: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_stats(block_outputs: Sequence[torch.Tensor], output: object,
-                   loss_fn: Callable[[object, torch.Tensor], torch.Tensor] | None = None,
+                   loss_fn: LossFn | None = None,
                    seed: int = 0) -> tuple[list[float], list[float]]:
     """(average channel variance, L2 norm) of d loss / d block output, per block.
 

@@ -20,11 +20,8 @@ import torch
 from torch import nn
 
 from .blocks import Block, find_blocks
-from .grads import gradient_stats
+from .grads import LossFn, gradient_stats
 from .stats import channel_stats, first_tensor
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 @dataclass
 class SPPResult:
