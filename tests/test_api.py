@@ -41,7 +41,10 @@ def test_cli_errors_exit_2(capsys):
     assert "no model matches" in capsys.readouterr().err
 
 
-def test_cli_demo(capsys):
-    assert main(["demo", "--model", "nf_cifar_resnet20", "--pattern", "wrn16"]) == 0
+def test_cli_demo(capsys, tmp_path):
+    # The README's main job: model table, then the SPP story figure (reduced width and size here).
+    assert main(["demo", "--pattern", "wrn16", "--width", "0.25", "--input-size", "64", "--batch", "4",
+                 "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "nf_wrn16_4" in out and "finite: True" in out
+    assert "nf_wrn16_4" in out and "nf_resnet50:std_conv=False,width=0.25 (16 blocks" in out
+    assert {p.name for p in tmp_path.iterdir()} == {"spp.png", "spp.json", "spp.csv"}

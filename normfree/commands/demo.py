@@ -1,31 +1,39 @@
-"""``normfree demo``: the main job on an embedded default (no data, no GPU)."""
+"""``normfree demo``: the model table, then the paper's signal-propagation story at ResNet-50 depth.
+
+Three networks at initialization on N(0,1) images: the BN→ReLU ResNet-50, the NF-ResNet-50 with plain
+He-initialized convs (the mean shift), and the NF-ResNet-50 with Scaled WS (no mean shift, variance on
+the expected 1 + k·α² curve). NF skip gains are 1 so the curves show the residual branches (with the
+official 0 every block output would equal its shortcut). No data, no GPU needed.
+"""
 from __future__ import annotations
 
 import argparse
 import time
 
-import torch
-
-from ..registry import create_model
 from .models import print_table
+from .spp import measure, write
+
+STORY = ("bn_resnet50", "nf_resnet50:std_conv=False", "nf_resnet50")
 
 
 def _run(args: argparse.Namespace) -> None:
     print_table(args.pattern)
-    torch.manual_seed(0)
-    model = create_model(args.model).eval()
-    x = torch.randn(args.batch, 3, model.input_size, model.input_size)
+    specs = [f"{s}{',' if ':' in s else ':'}width={args.width:g}" if args.width != 4 else s for s in STORY]
+    print(f"\nSignal propagation at initialization: {', '.join(specs)}; NF skip gains 1; "
+          f"N(0,1) inputs {args.batch}x3x{args.input_size}x{args.input_size}")
     start = time.perf_counter()
-    with torch.no_grad():
-        logits = model(x)
-    elapsed = time.perf_counter() - start
-    print(f"\n{args.model}: forward pass on a random {tuple(x.shape)} batch -> logits {tuple(logits.shape)}"
-          f" in {elapsed:.2f}s; logit std {logits.std():.4f}, finite: {bool(torch.isfinite(logits).all())}")
+    results = measure(specs, batch=args.batch, input_size=args.input_size, skipinit_gain=1.0)
+    print(f"measured in {time.perf_counter() - start:.1f}s\n")
+    width = f"width {args.width:g}" + (" (official)" if args.width == 4 else " (reduced; official 4)")
+    write(results, args.out,
+          title=f"ResNet-50 depth, {width}, {args.input_size}px N(0,1) inputs, batch {args.batch}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="model table and a forward pass (no data or GPU needed)")
-    p.add_argument("--model", default="nf_resnet50")
-    p.add_argument("--batch", type=int, default=2)
+    p = sub.add_parser("demo", help="model table and the paper's signal-propagation figure (CPU, ~1 min)")
+    p.add_argument("--out", default="out/demo", help="folder for spp.png/json/csv")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--width", type=float, default=4, help="channel multiplier (4 = official ResNet-50)")
     p.add_argument("--pattern", default="nf_", help="which models the table shows")
     p.set_defaults(func=_run)
