@@ -2,5 +2,8 @@
 from .blocks import ConvSpec, ResidualBlock, build_stages
 from .net import ResNet
 from .resnet import IMAGENET_DEPTHS, resnet
+from .regnet import NF_REGNET_VARIANTS, nf_regnet
+from .nfnet import NFNET_VARIANTS, nfnet
 
-__all__ = ["ConvSpec", "ResidualBlock", "build_stages", "ResNet", "IMAGENET_DEPTHS", "resnet"]
+__all__ = ["ConvSpec", "ResidualBlock", "build_stages", "ResNet", "IMAGENET_DEPTHS", "resnet",
+           "NF_REGNET_VARIANTS", "nf_regnet", "NFNET_VARIANTS", "nfnet"]
