@@ -30,6 +30,8 @@ class LayerFactory:
             activation carries no γ.
         ws: ``"official"`` (γ in the activation) or ``"timm"`` (γ folded into every conv, var + eps).
         padding: ``"same"`` (TensorFlow, as the official code) or ``"symmetric"``.
+        gamma_in_act: with ``ws="timm"``, keep γ in the activations instead of the convs (timm's
+            ``dm_nfnet_*`` models); official WS always has it there.
     """
 
     act: str = "relu"
@@ -37,6 +39,7 @@ class LayerFactory:
     std_conv: bool = True
     ws: Literal["official", "timm"] = "official"
     padding: Padding = "same"
+    gamma_in_act: bool = False
 
     def __post_init__(self) -> None:
         get_gamma(self.act)  # validates the name
@@ -49,8 +52,8 @@ class LayerFactory:
 
     @property
     def act_gamma(self) -> float:
-        """γ applied inside activations: only NF nets with official Scaled WS carry it there."""
-        if self.normalizer_free and self.std_conv and self.ws == "official":
+        """γ applied inside activations: NF nets with official Scaled WS (or ``gamma_in_act``)."""
+        if self.normalizer_free and self.std_conv and (self.ws == "official" or self.gamma_in_act):
             return get_gamma(self.act)
         return 1.0
 
@@ -61,7 +64,7 @@ class LayerFactory:
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Module:
         if self.std_conv:
-            gamma = get_gamma(self.act) if self.ws == "timm" else 1.0
+            gamma = get_gamma(self.act) if self.ws == "timm" and not self.gamma_in_act else 1.0
             return ScaledStdConv2d(cin, cout, kernel, stride, padding=self.padding, groups=groups,
                                    ws=self.ws, gamma=gamma)
         return conv2d(cin, cout, kernel, stride, groups, padding=self.padding, bias=self.normalizer_free)

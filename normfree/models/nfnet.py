@@ -42,7 +42,7 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
           activation: str = "gelu", final_conv_mult: float = 2.0, use_two_convs: bool = True,
           fc_init_std: float = 0.01, padding: Padding = "same",
           ws: Literal["official", "timm"] = "official", shortcut: ShortcutKind = "avgpool_conv",
-          stochdepth_scale: bool = False, in_chans: int = 3) -> ResNet:
+          stochdepth_scale: bool = False, gamma_in_act: bool = False, in_chans: int = 3) -> ResNet:
     """Build an NFNet with the official structure.
 
     Args:
@@ -55,13 +55,15 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
         activation: "gelu" (tanh approximation, as JAX) or "gelu_exact" (erf, as timm's dm_nfnet).
         final_conv_mult: the final 1×1 conv has this many times the last stage's channels.
         use_two_convs: the second grouped 3×3 (``conv1b``) of the NFNet block.
+        padding / ws / shortcut / stochdepth_scale / gamma_in_act: official by default; timm's
+            ``dm_nfnet_*`` are ``ws="timm", gamma_in_act=True, activation="gelu_exact"``.
     """
     v = lookup(NFNET_VARIANTS, variant, "NFNet")
     v = Variant(tuple(widths or v.widths), tuple(depths or v.depths), v.train_size, v.test_size,
                 v.drop_rate if drop_rate is None else drop_rate)
     if len(v.widths) != 4 or len(v.depths) != 4:
         raise ValueError(f"NFNets have four stages; got widths {v.widths} and depths {v.depths}")
-    layers = LayerFactory(act=activation, ws=ws, padding=padding)
+    layers = LayerFactory(act=activation, ws=ws, padding=padding, gamma_in_act=gamma_in_act)
     stage_out = [int(w * width) for w in v.widths]
     stem_ch = v.widths[0] // 2
     stem = named_seq(conv0=layers.conv(in_chans, 16, 3, 2), act0=layers.act_layer(16),

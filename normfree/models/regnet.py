@@ -31,6 +31,12 @@ NF_REGNET_VARIANTS: dict[str, Variant] = {
 """Official ``base.nf_regnet_params``: stage widths (before ×0.75), depths, train/test px, dropout."""
 
 
+def make_divisible(value: float, divisor: int, round_limit: float = 0.9) -> int:
+    """timm's channel rounding: nearest multiple of ``divisor``, bumped up if it loses >10 %."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return new + divisor if new < round_limit * value else new
+
+
 def grouped_width(channels: float, group_width: int) -> tuple[int, int]:
     """(width, groups): ``int(channels)`` rounded down to a multiple of the group width, as officially."""
     groups = int(channels) // group_width
@@ -46,7 +52,8 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
               alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float | None = None,
               activation: str = "silu", fc_init_std: float = 0.0, padding: Padding = "same",
               ws: Literal["official", "timm"] = "official", shortcut: ShortcutKind = "avgpool_conv",
-              stochdepth_scale: bool = False, in_chans: int = 3) -> ResNet:
+              stochdepth_scale: bool = False, channel_divisor: int | None = None,
+              in_chans: int = 3) -> ResNet:
     """Build an NF-RegNet with the official structure.
 
     Args:
@@ -59,6 +66,8 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
         drop_rate: classifier dropout; None takes the variant's value.
         fc_init_std: 0 gives the official zero-initialized classifier.
         padding / ws / shortcut / stochdepth_scale: official by default; alternatives for other ports.
+        channel_divisor: None truncates channels as officially; 8 rounds them like timm
+            (``make_divisible``: B0 stem 40 instead of 36, SE hidden and final conv rounded too).
     """
     v = lookup(NF_REGNET_VARIANTS, variant, "NF-RegNet")
     v = Variant(tuple(widths or v.widths), tuple(depths or v.depths), v.train_size, v.test_size,
@@ -66,21 +75,27 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
     if len(v.widths) != len(v.depths):
         raise ValueError(f"widths {v.widths} and depths {v.depths} must have the same length")
     layers = LayerFactory(act=activation, ws=ws, padding=padding)
-    stage_out = [int(w * width) for w in v.widths]
+    div = channel_divisor
+
+    def rnd(value: float, round_limit: float = 0.9) -> int:
+        return int(value) if div is None else make_divisible(value, div, round_limit)
+
+    stage_out = [rnd(w * width) for w in v.widths]
     stem_ch = stage_out[0]
     stem = named_seq(conv=layers.conv(in_chans, stem_ch, 3, 2))
 
     def block_fn(in_ch: int, s: int, b: int, beta: float, rate: float) -> ResidualBlock:
         expand = 1.0 if s == 0 and b == 0 else expansion  # EfficientNet: no expansion in block 0
-        mid, groups = grouped_width(in_ch * expand, group_width)
+        mid, groups = grouped_width(rnd(in_ch * expand), group_width)
         convs = [ConvSpec(mid, 1), ConvSpec(mid, 3, 2 if b == 0 else 1, groups),
                  ConvSpec(stage_out[s], 1)]
         return ResidualBlock(in_ch, convs, layers, beta=beta, alpha=alpha,
-                             se_hidden=max(1, int(mid * se_ratio)), se_after=1, shortcut=shortcut,
-                             drop_path_rate=rate, drop_path_scale=stochdepth_scale)
+                             se_hidden=max(1, rnd(mid * se_ratio, 0.0)), se_after=1,
+                             shortcut=shortcut, drop_path_rate=rate, drop_path_scale=stochdepth_scale)
 
     stages, expected = build_stages(stem_ch, v.depths, block_fn, alpha, stochdepth_rate)
-    final_ch = int(1280 * stage_out[-1] // 440)
+    final_ch = (int(1280 * stage_out[-1] // 440) if div is None  # timm scales 1280·w/440 after
+                else rnd(width * (1280 * v.widths[-1] // 440)))
     final = named_seq(conv=layers.conv(stage_out[-1], final_ch, 1), act=layers.act_layer(final_ch))
     model = ResNet(stem, stages, final, final_ch, num_classes, v.drop_rate, fc_init_std, expected,
                    input_size=v.test_size)
