@@ -78,3 +78,40 @@ def test_nested_haiku_mapping_and_pickle_refusal(tmp_path):
 def test_bn_models_are_refused():
     with pytest.raises(ValueError, match="no DeepMind layout"):
         from_deepmind("bn_cifar_resnet20", {"r/x/w": np.zeros(1)})
+
+
+def _to_haiku(model):
+    """Inverse mapping (ours → Haiku layout), to round-trip a model through the CLI."""
+    from normfree.convert.deepmind import haiku_names
+
+    own = model.state_dict()
+    out = {}
+    for hk_key, (key, layout) in haiku_names(model).items():
+        v = own[key].numpy()
+        out[f"Net/{hk_key}"] = v.transpose(2, 3, 1, 0) if layout == "hwio" else v.T if layout == "io" else v
+    return out
+
+
+def test_cli_convert_round_trip(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from normfree.cli import main
+
+    torch.manual_seed(0)
+    src = normfree.create_model("nf_cifar_resnet20")
+    for p in src.parameters():
+        p.data.normal_()
+    np.savez(tmp_path / "p.npz", **_to_haiku(src))
+    out = tmp_path / "m.safetensors"
+    assert main(["convert", "--from", "deepmind", str(tmp_path / "p.npz"), "--model",
+                 "nf_cifar_resnet20", "--out", str(out)]) == 0
+    loaded = load_file(out)
+    assert loaded.keys() == src.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in src.state_dict().items())
+    assert main(["convert", "--from", "deepmind", str(tmp_path / "p.npz"), "--model",
+                 "nf_cifar_resnet56", "--out", str(out)]) == 2
+    assert "do not fit nf_cifar_resnet56: 132 missing" in capsys.readouterr().err
+    torch.save({}, tmp_path / "x.pth")
+    assert main(["convert", "--from", "timm", str(tmp_path / "x.pth"), "--model", "nf_resnet50",
+                 "--out", str(out)]) == 2
+    assert "--allow-pickle" in capsys.readouterr().err

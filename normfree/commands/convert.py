@@ -39,11 +39,12 @@ def _run(args: argparse.Namespace) -> None:
     else:
         model = from_timm(load_torch_state_dict(args.src, args.allow_pickle), args.model, **kwargs)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    meta = {"model": args.model, "source": args.source,
+    meta = {"model": model.model_name, "source": args.source, "source_model": args.model,
             "model_kwargs": json.dumps(getattr(model, "convert_kwargs", kwargs)),
             "eval_settings": json.dumps(getattr(model, "eval_settings", None))}
     save_file(state, args.out, metadata=meta)
-    print(f"wrote {args.out}: {args.model} with {len(state)} tensors from {args.source} weights {args.src}")
+    print(f"wrote {args.out}: {model.model_name} ({len(state)} tensors) from {args.source} weights "
+          f"{args.src}; rebuild with create_model({model.model_name!r}, **model_kwargs) from its metadata")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "must match), and save its state dict as safetensors.")
     p.add_argument("src", help="source checkpoint (.npz for deepmind; .safetensors or .pth for timm)")
     p.add_argument("--from", dest="source", required=True, choices=("deepmind", "timm"))
-    p.add_argument("--model", required=True, help="normfree model name, e.g. nfnet_f0 or nf_regnet_b1")
+    p.add_argument("--model", required=True,
+                   help="deepmind: our model name (nfnet_f0, nf_regnet_b1, ...); timm: the timm name "
+                        "(dm_nfnet_f0 ... dm_nfnet_f6, nf_resnet50, nf_regnet_b1)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--num-classes", type=int, help="classifier size if not 1000")
     p.add_argument("--allow-pickle", action="store_true",
