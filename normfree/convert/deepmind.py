@@ -4,7 +4,9 @@ Haiku names a parameter ``module/~/submodule/param``, e.g. ``NFNet/~/nf_block_3/
 kernels are HWIO and linear weights [in, out]. Blocks are numbered in creation order (``nf_block``,
 ``nf_block_1``, …; NF-ResNet: ``nf_res_block``), the SE linears are ``squeeze_excite/~/linear`` and
 ``linear_1``, the classifier is ``linear``. The root module name (``NFNet``, ``NF_RegNet``,
-``NF_ResNet`` or whatever the user called it) is ignored.
+``NF_ResNet`` or whatever the user called it) is ignored. The official release files
+(``F0_haiku.npz`` …) are pickles of the nested dict despite their suffix: they need ``allow_pickle``.
+The NF-ResNet naming also serves the 32×32 ``nf_cifar_*`` models (no official counterpart).
 """
 from __future__ import annotations
 
@@ -81,7 +83,8 @@ def _linear(prefix: str, key: str) -> dict[str, tuple[str, str]]:
 
 def haiku_names(model: nn.Module) -> dict[str, tuple[str, str]]:
     """Haiku key → (our state-dict key, layout) for a normalizer-free model built by this library."""
-    family = get_entry(getattr(model, "model_name", "")).family if hasattr(model, "model_name") else ""
+    name = getattr(model, "model_name", None)
+    family = get_entry(name).family if name else ""
     if family not in _FAMILIES:
         raise ValueError(f"no DeepMind layout for model {getattr(model, 'model_name', '?')!r} "
                          f"(family {family!r}); supported families: {sorted(_FAMILIES)}")
