@@ -3,6 +3,7 @@
 Fixtures were produced by tools/make_dm_parity_fixtures.py from the official code (see
 tests/fixtures/README.md); nothing here needs JAX.
 """
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,12 @@ def test_nested_haiku_mapping_and_pickle_refusal(tmp_path):
     b = from_deepmind(_tiny("nf_regnet"), FIXTURES / "dm_nf_regnet.params.npz")
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
-    fake = tmp_path / "params.pkl"
-    fake.write_bytes(b"not a zip")
+    pickled = tmp_path / "F0_haiku.npz"  # the official release files are pickles despite the suffix
+    pickled.write_bytes(pickle.dumps(nested))
     with pytest.raises(ValueError, match="allow_pickle"):
-        from_deepmind(_tiny("nf_regnet"), fake)
+        from_deepmind(_tiny("nf_regnet"), pickled)
+    c = from_deepmind(_tiny("nf_regnet"), pickled, allow_pickle=True)
+    assert all(torch.equal(c.state_dict()[k], v) for k, v in b.state_dict().items())
 
 
 def test_bn_models_are_refused():
