@@ -43,6 +43,8 @@ class LayerFactory:
         norm_kwargs: options of the norm layer, e.g. ``{"scale_init": 0.1}`` or ``{"groups": 16}``.
         fixup: Fixup's post-activation layers (normalizer-free, plain bias-free convs): a scalar bias
             before every conv and activation, the activation moved after the residual sum.
+        gamma_in_act: with ``ws="timm"``, keep γ in the activations instead of the convs (timm's
+            ``dm_nfnet_*`` models); official WS always has it there.
     """
 
     act: str = "relu"
@@ -53,6 +55,7 @@ class LayerFactory:
     norm_order: NormOrder = "norm_act"
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
     fixup: bool = False
+    gamma_in_act: bool = False
 
     def __post_init__(self) -> None:
         get_gamma(self.act)  # validates the name
@@ -81,8 +84,8 @@ class LayerFactory:
 
     @property
     def act_gamma(self) -> float:
-        """γ applied inside activations: only NF nets with official Scaled WS carry it there."""
-        if self.normalizer_free and self.std_conv and self.ws == "official":
+        """γ applied inside activations: NF nets with official Scaled WS (or ``gamma_in_act``)."""
+        if self.normalizer_free and self.std_conv and (self.ws == "official" or self.gamma_in_act):
             return get_gamma(self.act)
         return 1.0
 
@@ -93,7 +96,7 @@ class LayerFactory:
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Module:
         if self.std_conv:
-            gamma = get_gamma(self.act) if self.ws == "timm" else 1.0
+            gamma = get_gamma(self.act) if self.ws == "timm" and not self.gamma_in_act else 1.0
             return ScaledStdConv2d(cin, cout, kernel, stride, padding=self.padding, groups=groups,
                                    ws=self.ws, gamma=gamma, bias=self.ws != "plain")
         return conv2d(cin, cout, kernel, stride, groups, padding=self.padding,

@@ -1,0 +1,64 @@
+"""``normfree convert --from deepmind|timm SRC --model NAME --out FILE.safetensors``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import torch
+
+from ..cli import UserError
+
+
+def load_torch_state_dict(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` (safe), or from a pickled ``.pth``/``.bin`` only when allowed."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    if not allow_pickle:
+        raise UserError(f"{path} is not a .safetensors file; loading it means unpickling it. Pass "
+                        "--allow-pickle only if you trust its source (torch.load(weights_only=True)).")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def _run(args: argparse.Namespace) -> None:
+    from safetensors.torch import save_file
+
+    from ..convert import from_deepmind, from_timm
+
+    if not os.path.exists(args.src):
+        raise UserError(f"source checkpoint {args.src} does not exist")
+    kwargs: dict[str, Any] = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    if args.source == "deepmind":
+        model = from_deepmind(args.model, args.src, allow_pickle=args.allow_pickle, **kwargs)
+    else:
+        model = from_timm(load_torch_state_dict(args.src, args.allow_pickle), args.model, **kwargs)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    meta = {"model": model.model_name, "source": args.source, "source_model": args.model,
+            "model_kwargs": json.dumps(getattr(model, "convert_kwargs", kwargs)),
+            "eval_settings": json.dumps(getattr(model, "eval_settings", None))}
+    save_file(state, args.out, metadata=meta)
+    print(f"wrote {args.out}: {model.model_name} ({len(state)} tensors) from {args.source} weights "
+          f"{args.src}; rebuild with create_model({model.model_name!r}, **model_kwargs) from its metadata")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert DeepMind (Haiku .npz) or timm weights to safetensors",
+                       description="Load official DeepMind Haiku parameters (.npz keyed 'module/~/…/param')"
+                                   " or a timm state dict into a normfree model, strictly (every tensor "
+                                   "must match), and save its state dict as safetensors.")
+    p.add_argument("src", help="source checkpoint (.npz for deepmind; .safetensors or .pth for timm)")
+    p.add_argument("--from", dest="source", required=True, choices=("deepmind", "timm"))
+    p.add_argument("--model", required=True,
+                   help="deepmind: our model name (nfnet_f0, nf_regnet_b1, ...); timm: the timm name "
+                        "(dm_nfnet_f0 ... dm_nfnet_f6, nf_resnet50, nf_regnet_b1)")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--num-classes", type=int, help="classifier size if not 1000")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow unpickling a non-safetensors/npz source (only for trusted files)")
+    p.set_defaults(func=_run)
