@@ -1,10 +1,16 @@
-"""timm checkpoints: key mapping on synthetic state dicts laid out as timm's NormFreeNet, and logits
-parity against timm itself when it is installed (it is optional; those tests skip cleanly).
+"""timm checkpoints: logits parity with fixtures made by timm itself, key mapping on synthetic full-size
+state dicts laid out as timm's NormFreeNet, and full-size parity when timm is installed (optional).
 
-The synthetic layout below is written from timm's ``timm/models/nfnet.py`` (NormFreeNet, NormFreeBlock,
-create_stem, DownsampleAvg, SEModule): key names, conv gains shaped (out, 1, 1, 1), SE as 1×1 convs,
-channels from ``make_divisible``. Its parameter totals are checked against timm's published counts.
+The fixtures ``tests/fixtures/timm_*.npz`` were written by ``tools/make_timm_parity_fixtures.py`` from
+timm's own ``NormFreeNet`` (reduced widths, perturbed gains/biases; see tests/fixtures/README.md);
+nothing here needs timm. The synthetic layout below is written from timm's ``timm/models/nfnet.py``
+(NormFreeNet, NormFreeBlock, create_stem, DownsampleAvg, SEModule): key names, conv gains shaped
+(out, 1, 1, 1), SE as 1×1 convs, channels from ``make_divisible``; its parameter totals are checked
+against timm's published counts.
 """
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -149,3 +155,43 @@ def test_logits_match_timm(name):
     with torch.no_grad():
         a, b = model(x), ref(x)
     assert ((a - b).abs().max() / b.abs().max()).item() < 1e-4
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Our counterparts of the reduced timm instances in tools/make_timm_parity_fixtures.py (7 classes).
+TIMM_TINY = {
+    "dm_nfnet_f0": dict(widths=(256, 64, 128, 128), depths=(1, 2, 1, 1), group_width=16),
+    "nf_resnet50": dict(width=0.5),  # real depths (3, 4, 6, 3), widths and stem ×1/8
+    "nf_regnet_b1": dict(widths=(16, 32, 64, 128), depths=(1, 2, 1, 1)),
+}
+
+
+def _timm_fixture(name, **options):
+    """(our logits, timm's logits) for the fixture of ``name``; ``options`` override our timm options."""
+    data = np.load(FIXTURES / f"timm_{name}.npz")
+    state = {k.split("/", 1)[1]: torch.from_numpy(data[k]) for k in data.files if k.startswith("state_dict/")}
+    model = from_timm(state, name, num_classes=7, **TIMM_TINY[name], **options).eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(data["x"])).numpy(), data["logits"]
+
+
+def _rel_err(ours, ref):
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("name", TIMM_TINY)
+def test_logits_match_timm_fixture_fp32(name):
+    ours, ref = _timm_fixture(name)
+    assert _rel_err(ours, ref) < 1e-4, f"max relative error {_rel_err(ours, ref):.2e}"
+
+
+@pytest.mark.parametrize("name, option", [
+    ("dm_nfnet_f0", dict(activation="gelu")), ("dm_nfnet_f0", dict(gamma_in_act=False)),
+    ("dm_nfnet_f0", dict(padding="symmetric")), ("dm_nfnet_f0", dict(ws="official")),
+    ("nf_resnet50", dict(padding="same")), ("nf_resnet50", dict(shortcut="conv")),
+    ("nf_regnet_b1", dict(padding="same")), ("nf_regnet_b1", dict(ws="official")),
+])
+def test_each_timm_option_is_needed(name, option):
+    """The fixtures are sensitive to every compatibility option: the official choice breaks parity."""
+    ours, ref = _timm_fixture(name, **option)
+    assert _rel_err(ours, ref) > 1e-4
