@@ -11,12 +11,12 @@ REGNET_PARAMS_M = {"b0": 8.60, "b1": 10.02, "b2": 13.79, "b3": 18.14, "b4": 29.3
                    "b6": 70.05, "b7": 101.74, "b8": 142.31}
 NFNET_PARAMS_M = {"f0": 71.49, "f1": 132.63, "f2": 193.78, "f3": 254.92, "f4": 316.07, "f5": 377.21,
                   "f6": 438.36, "f7": 499.50, "f0plus": 118.82}
-# DeepMind count_conv_flops MACs (G) at resolutions divisible by 32. The official counter divides H, W
-# by each stride as floats, so at other sizes (e.g. B2 @272, B5 @456) it differs from the real
-# output shapes that count_macs uses; those are documented in docs/models.md, not pinned here.
+# DeepMind count_conv_flops MACs (G). The official counter divides H, W by each stride as floats, so at
+# sizes not divisible by 32 (B2 @272, B5 @456, ...) count_macs follows it, not the real output shapes.
 REGNET_MACS_G = {("b0", 224): 0.444, ("b0", 192): 0.327, ("b1", 256): 0.734, ("b1", 224): 0.563,
                  ("b3", 320): 1.999, ("b3", 288): 1.621, ("b4", 384): 4.467, ("b4", 320): 3.107,
-                 ("b5", 384): 7.496, ("b6", 448): 14.183, ("b7", 512): 27.283, ("b8", 672): 63.719}
+                 ("b5", 384): 7.496, ("b6", 448): 14.183, ("b7", 512): 27.283, ("b8", 672): 63.719,
+                 ("b2", 272): 1.099, ("b5", 456): 10.561, ("b6", 528): 19.687, ("b7", 600): 37.448}
 NFNET_MACS_G = {"f0": 12.38, "f1": 35.54, "f2": 62.59, "f3": 114.76, "f4": 215.24}
 
 
