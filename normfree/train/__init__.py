@@ -1,0 +1,1 @@
+"""Training engine: config, data, AGC, optimizer/EMA/schedule, loop, checkpoints, DDP."""
