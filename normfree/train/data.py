@@ -36,6 +36,7 @@ class ArrayData:
     num_classes: int
     name: str
     small: bool = True  # pad-crop augmentation (False: already-cropped ImageFolder batches)
+    hflip: bool = True  # False where mirroring changes the class (digits)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -121,7 +122,7 @@ def _random_box(w: int, h: int, gen: torch.Generator) -> tuple[int, int, int, in
 
 
 def _subset(d: ArrayData, n: int) -> ArrayData:
-    return d if n <= 0 or n >= len(d) else ArrayData(d.x[:n], d.y[:n], d.num_classes, d.name, d.small)
+    return d if n <= 0 or n >= len(d) else ArrayData(d.x[:n], d.y[:n], d.num_classes, d.name, d.small, d.hflip)
 
 
 def _npz(root: Path, split: str) -> ArrayData:
@@ -170,16 +171,16 @@ def _demo(split: str) -> ArrayData:
     x = torch.from_numpy((d.images * (255 / 16)).round().astype(np.uint8))[..., None]
     y = torch.from_numpy(d.target.astype(np.int64))
     sl = slice(0, 1500) if split == "train" else slice(1500, None)
-    return ArrayData(x[sl].contiguous(), y[sl].contiguous(), 10, "demo:sklearn_digits")
+    return ArrayData(x[sl].contiguous(), y[sl].contiguous(), 10, "demo:sklearn_digits", hflip=False)
 
 
 def _synthetic(split: str, n: int = 512, size: int = 16, classes: int = 4) -> ArrayData:
-    """Learnable random data: each class is a fixed colour template plus noise."""
+    """Learnable random data: each class has its own mean colour, plus per-pixel noise."""
     g = torch.Generator().manual_seed(1234)
-    templates = torch.rand(classes, size, size, 3, generator=g) * 255
+    colours = torch.rand(classes, 1, 1, 3, generator=g) * 160
     g.manual_seed(1 if split == "train" else 2)
     y = torch.randint(0, classes, (n if split == "train" else n // 4,), generator=g)
-    x = (templates[y] * 0.5 + torch.rand(len(y), size, size, 3, generator=g) * 127).clamp(0, 255)
+    x = (colours[y] + torch.rand(len(y), size, size, 3, generator=g) * 95).clamp(0, 255)
     return ArrayData(x.to(torch.uint8), y, classes, "synthetic")
 
 
@@ -206,13 +207,16 @@ def load_data(spec: str, split: str, subset: int = 0, size: int = 224,
     return _subset(data, subset)
 
 
-def pad_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random ``pad``-pixel zero-pad crop and horizontal flip of a uint8 NHWC batch, in one gather on
-    the batch's device (offsets drawn on the CPU generator so results do not depend on the device)."""
+def pad_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int | None = None,
+                  flip: bool = True) -> torch.Tensor:
+    """Random zero-pad crop (``pad`` defaults to H/8: 4 px at 32×32, 1 px at 8×8) and horizontal flip of a
+    uint8 NHWC batch, in one gather on the batch's device (offsets drawn on the CPU generator so results
+    do not depend on the device)."""
     n, h, w, _ = x.shape
+    pad = max(1, h // 8) if pad is None else pad
     oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
     ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    flip = (torch.rand(n, generator=gen) < (0.5 if flip else 0.0)).to(x.device)
     xp = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
     ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     rows = oy[:, None] + ar_h

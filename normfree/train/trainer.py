@@ -112,6 +112,7 @@ class Trainer:
         if meta and meta.get("model") != cfg.model:
             raise UserError(f"checkpoint {resume} was trained with model {meta.get('model')!r}, not "
                             f"{cfg.model!r}; resume with the same --model or start a new run")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
         self.model = build_model(cfg.model, num_classes, in_chans, cfg.model_kwargs).to(self.device)
         for d in (self.train_data, self.test_data):
             if isinstance(d, FolderData):
@@ -201,7 +202,7 @@ class Trainer:
             x, y = self.train_data.batch(idx[j * self.micro:(j + 1) * self.micro], True, gen)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if cfg.augment and self.train_data.small:
-                x = pad_crop_flip(x, gen)
+                x = pad_crop_flip(x, gen, flip=self.train_data.hflip)
             x = to_input(x, self.mean, self.std, self.channels_last)
             target = F.one_hot(y, k).float()
             if cfg.mixup > 0 or cfg.cutmix > 0:
