@@ -150,11 +150,13 @@ def test_empty_and_corrupt_image_folders(tmp_path):
         (root / cls).mkdir(exist_ok=True)
         for i in range(8):
             pil.fromarray(np.full((20, 24, 3), 30 * i, np.uint8)).save(root / cls / f"{i}.png")
-    (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     cfg = tiny_cfg(tmp_path, data=f"imagefolder:{root}", image_size=16, train_subset=0, test_subset=0,
-                   batch_size=17, epochs=1)
+                   batch_size=8, epochs=1)
+    summary = Trainer(cfg).fit()  # random-resized crops of 20x24 images to 16x16
+    assert summary["steps"] == 2 and 0 <= summary["test_top1"] <= 100
+    (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
-        Trainer(cfg).fit()
+        Trainer(tiny_cfg(tmp_path, **{**cfg.to_dict(), "batch_size": 17})).fit()
 
 
 def test_cli_train_then_eval(tmp_path, capsys):
