@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("demo", "models", "spp", "convert", "train", "eval")
+SUBCOMMANDS = ("demo", "models", "spp", "convert", "train", "eval", "compare")
 """Modules of :mod:`normfree.commands`; each defines ``add_parser(subparsers)`` that sets ``func``."""
 
 

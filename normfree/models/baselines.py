@@ -28,18 +28,19 @@ class Baseline:
     label: str
     fixed: dict[str, Any]
     defaults: dict[str, Any] = field(default_factory=dict)
+    param_groups: str = "default"  # the optimizer groups its paper prescribes (TrainConfig.param_groups)
 
 
 BASELINES: dict[str, Baseline] = {
     "relubn": Baseline("pre-activation ReLU→BN", {"norm": "bn", "norm_order": "act_norm"},
                        BASE_DEFAULTS),
     "revbn": Baseline("revisited BN (scale init 0.1, BN on the input)", {"norm": "bn"},
-                      {**BASE_DEFAULTS, "norm_kwargs": {"scale_init": 0.1}, "input_norm": True}),
+                      {**BASE_DEFAULTS, "norm_kwargs": {"scale_init": 0.1}, "input_norm": True}, "revisited_bn"),
     "gnws": Baseline("GroupNorm + WS", {"norm": "gn", "std_conv": True, "ws": "plain"}, _RECIPE),
     "evob0": Baseline("EvoNorm-B0", {"norm": "evonorm_b0"}, BASE_DEFAULTS),
     "evos0": Baseline("EvoNorm-S0", {"norm": "evonorm_s0"}, BASE_DEFAULTS),
     "fixup": Baseline("Fixup", {"fixup": True, "alpha": None, "std_conv": False},
-                      {**_RECIPE, "skipinit_gain": 1.0}),
+                      {**_RECIPE, "skipinit_gain": 1.0}, "fixup"),
     "skipinit": Baseline("SkipInit", {"alpha": None, "std_conv": False},
                          {**_RECIPE, "skipinit_gain": 0.0}),
 }

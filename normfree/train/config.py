@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import UserError
+from .optim import PARAM_GROUP_KINDS
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4      # not applied to gains, biases, skip gains or other ≤1-D parameters
+    param_groups: str = "default"   # default | fixup | revisited_bn | auto (the model's baseline's groups)
     label_smoothing: float = 0.0
     agc_clip: float = 0.0           # 0 = off; 0.01 is the NFNet value at batch 4096
     agc_eps: float = 1e-3
@@ -52,7 +54,9 @@ class TrainConfig:
                   (self.batch_size % self.accum_steps == 0, "batch_size must be divisible by accum_steps"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
                   (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
-                  (self.agc_clip >= 0, "agc_clip must be >= 0"), (self.warmup_epochs >= 0, "warmup_epochs >= 0")]
+                  (self.agc_clip >= 0, "agc_clip must be >= 0"), (self.warmup_epochs >= 0, "warmup_epochs >= 0"),
+                  (self.param_groups in PARAM_GROUP_KINDS,
+                   f"param_groups must be one of {', '.join(PARAM_GROUP_KINDS)}")]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
             raise UserError("invalid training config: " + "; ".join(bad))

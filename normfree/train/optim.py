@@ -26,6 +26,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+PARAM_GROUP_KINDS = ("default", "fixup", "revisited_bn", "auto")
+
+
+def build_param_groups(model: nn.Module, kind: str, lr: float, weight_decay: float) -> list[dict]:
+    """The SGD groups of ``kind``, each with an ``lr_scale`` (its lr relative to the peak lr).
+
+    ``default`` is :func:`param_groups`; ``fixup`` / ``revisited_bn`` are the groups those papers
+    prescribe (scalars at lr/10; BN scales at lr/100, see normfree.models.baselines); ``auto`` picks
+    the one the model's registered baseline prescribes (``fixup_*``, ``revbn_*``), else ``default``.
+    The schedule multiplies its lr by ``lr_scale``, so the ratios hold through warmup and decay.
+    """
+    from ..models.baselines import BASELINES, fixup_param_groups, revisited_bn_param_groups
+
+    if kind == "auto":
+        baseline = BASELINES.get(getattr(model, "model_name", "").split("_", 1)[0])
+        kind = baseline.param_groups if baseline else "default"
+    builders = {"default": lambda m, lr, wd: param_groups(m, wd), "fixup": fixup_param_groups,
+                "revisited_bn": revisited_bn_param_groups}
+    if kind not in builders:
+        raise ValueError(f"unknown param_groups {kind!r}; choose from {', '.join(PARAM_GROUP_KINDS)}")
+    groups = builders[kind](model, lr, weight_decay)
+    for g in groups:
+        g["lr_scale"] = g.get("lr", lr) / lr
+        g["kind"] = kind
+    return groups
+
+
 def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """Official ``WarmupCosineDecay``: linear 0 → peak over the warmup, then cosine to ``min_lr``."""
     if step < warmup_steps:

@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import ArrayData, FolderData, load_data, mix_batch, pad_crop_flip, step_generator
 from .distributed import Dist, init_distributed, resolve_device
 from .metrics import MetricLogger, plot_run
-from .optim import ModelEMA, lr_at, param_groups
+from .optim import ModelEMA, build_param_groups, lr_at
 
 CHECKPOINT_FORMAT = 1
 
@@ -140,7 +140,8 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
 
-        self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+        groups = build_param_groups(self.model, cfg.param_groups, cfg.lr, cfg.weight_decay)
+        self.opt = torch.optim.SGD(groups, lr=cfg.lr,
                                    momentum=cfg.momentum, nesterov=cfg.nesterov)
         head = getattr(self.model, "fc", None)
         self.agc_specs = agc_params(self.model, exclude=(head,) if head is not None else ())
@@ -231,7 +232,7 @@ class Trainer:
         frac = clip_grad_agc_(self.agc_specs, cfg.agc_clip, cfg.agc_eps) if cfg.agc_clip > 0 else None
         lr = lr_at(self.step, cfg.lr, self.warmup_steps, self.total_steps, cfg.min_lr)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
         self._updating = True
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,153 @@
+"""Compare models (e.g. NF vs its baselines) under one recipe: an SPP figure at init and a results
+table from the training engine at several batch sizes (docs/baselines.md).
+
+Every training run is a fresh process, so the peak memory of one run is not the high-water mark of
+the runs before it, and each starts from the same state (threads, allocator, imports).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..cli import UserError
+from ..registry import get_entry
+from .config import TrainConfig
+
+COLUMNS = ("model", "batch_size", "lr", "param_groups", "steps", "first_loss", "final_train_loss",
+           "test_top1", "test_top5", "wall_time_s", "img_per_s", "peak_mem_mb", "load_avg_1m")
+"""Columns of results.csv / results.json rows (results.md shows a readable subset)."""
+
+
+def _train_one(cfg: TrainConfig) -> dict[str, Any]:
+    """Child-process body: train, then report the summary, the first logged loss and peak memory."""
+    from .trainer import Trainer
+
+    load = os.getloadavg()[0]
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    records = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r.get("kind") == "step")
+    if trainer.device.type == "cuda":
+        peak, mem_kind = torch.cuda.max_memory_allocated(trainer.device) / 2**20, "cuda max allocated"
+    else:
+        peak, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+    groups = trainer.opt.param_groups
+    return {**summary, "first_loss": first["loss"], "first_loss_step": first["step"],
+            "final_train_loss": summary["train_loss"], "peak_mem_mb": peak, "mem_kind": mem_kind,
+            "param_groups": groups[0]["kind"], "lr_scales": [g["lr_scale"] for g in groups],
+            "load_avg_1m": load}
+
+
+def run_label(spec: str) -> str:
+    """A file-name-safe label for a model spec (``nf_resnet50:width=2`` → ``nf_resnet50-width=2``)."""
+    return "".join(c if c.isalnum() or c in "_-=." else "-" for c in spec)
+
+
+def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: Sequence[int] = (128, 8),
+            epochs: int = 2, lr: float = 0.1, lr_batch: int = 128, train_subset: int = 0,
+            test_subset: int = 0, spp_batch: int = 16, spp_skipinit_gain: float | None = None,
+            seed: int = 0, device: str = "auto", **train_kwargs: Any) -> list[dict[str, Any]]:
+    """SPP figure of every model at init (``out/spp.png``) and one training run per model and batch
+    size with the same recipe (``out/runs/<model>_bs<B>/``); the table goes to ``out/results.{md,csv,json}``.
+
+    ``models`` are specs ``NAME[:key=value,...]`` as for ``normfree spp``. The peak lr is
+    ``lr · B / lr_batch`` at batch B (linear scaling); the epochs and images are the same at every
+    batch. Each model trains with the optimizer groups its paper prescribes (``param_groups="auto"``:
+    Fixup's scalars at lr/10, revisited BN's scales at lr/100). ``spp_skipinit_gain`` sets, for the
+    figure only, the initial skip gain of the NF nets (registry family ``nf*``), whose official 0
+    makes every block the identity at init; SkipInit's 0 and Fixup's 1 define them and are kept. ``train_kwargs`` are further :class:`TrainConfig` fields.
+    """
+    from ..commands.spp import measure, parse_spec, write
+
+    if not models:
+        raise UserError("give at least one model to compare")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise UserError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    parsed = [parse_spec(s) for s in models]
+    for name, _ in parsed:
+        try:
+            get_entry(name)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    labels = [run_label(s) for s in models]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"the models {list(models)} are not distinct")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    spp_specs = []
+    for spec, (name, kwargs) in zip(models, parsed):
+        entry = get_entry(name)
+        if (spp_skipinit_gain is not None and entry.family.startswith("nf")
+                and "skipinit_gain" in entry.options() and "skipinit_gain" not in kwargs):
+            spec = f"{spec}{',' if ':' in spec else ':'}skipinit_gain={spp_skipinit_gain}"
+        spp_specs.append(spec)
+    results = measure(spp_specs, batch=spp_batch, seed=seed,
+                      device="cuda" if device == "auto" and torch.cuda.is_available() else
+                      ("cpu" if device == "auto" else device))
+    write(results, out, title=f"signal propagation at init, N(0,1) inputs, batch {spp_batch}")
+
+    rows = []
+    ctx = get_context("spawn")
+    runs = [(b, spec, name, kwargs, label) for b in batch_sizes
+            for spec, (name, kwargs), label in zip(models, parsed, labels)]
+    for b, spec, name, kwargs, label in tqdm(runs, desc="compare", unit="run"):
+        cfg = TrainConfig.from_dict({"log_every": 1, **train_kwargs, "model": name, "model_kwargs": kwargs,
+                             "data": data, "out_dir": str(out / "runs" / f"{label}_bs{b}"), "epochs": epochs,
+                             "batch_size": b, "lr": lr * b / lr_batch, "train_subset": train_subset,
+                             "test_subset": test_subset, "seed": seed, "device": device,
+                             "param_groups": "auto"})
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            result = pool.submit(_train_one, cfg).result()
+        rows.append({"model": spec, "batch_size": b, "lr": cfg.lr, **{k: result[k] for k in COLUMNS
+                     if k not in ("model", "batch_size", "lr")}, "mem_kind": result["mem_kind"],
+                     "lr_scales": result["lr_scales"], "run_dir": cfg.out_dir})
+        tqdm.write(f"{spec} batch {b}: loss {result['first_loss']:.3f} -> {result['final_train_loss']:.3f}, "
+                   f"top-1 {result['test_top1']:.2f}%, {result['img_per_s']:.1f} img/s")
+    settings = {"data": data, "epochs": epochs, "batch_sizes": list(batch_sizes), "lr": lr, "lr_batch": lr_batch,
+                "train_subset": train_subset, "test_subset": test_subset, "seed": seed, "device": device,
+                "train_kwargs": train_kwargs, "spp_models": spp_specs, "date_utc": time.strftime(
+                    "%Y-%m-%d %H:%M", time.gmtime()), "torch": torch.__version__, "platform": platform.platform(),
+                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    write_table(rows, settings, out)
+    return rows
+
+
+def write_table(rows: Sequence[dict[str, Any]], settings: dict[str, Any], out: Path) -> list[Path]:
+    """results.json (settings + rows), results.csv (rows) and results.md (a readable table)."""
+    paths = [out / "results.json", out / "results.csv", out / "results.md"]
+    paths[0].write_text(json.dumps({"settings": settings, "rows": list(rows)}, indent=2))
+    with paths[1].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    mem = rows[0]["mem_kind"] if rows else ""
+
+    def num(v: float, digits: int) -> str:
+        return f"{v:.{digits}f}" if math.isfinite(v) else str(v)
+
+    lines = [f"| model | batch | lr | param groups | test top-1 (%) | train loss first → last | wall (s) "
+             f"| img/s | peak mem (MB, {mem}) |", "|---|---:|---:|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['batch_size']} | {r['lr']:.4g} | {r['param_groups']} | "
+              f"{num(r['test_top1'], 2)} | {num(r['first_loss'], 3)} → {num(r['final_train_loss'], 3)} | "
+              f"{num(r['wall_time_s'], 1)} | {num(r['img_per_s'], 1)} | {num(r['peak_mem_mb'], 0)} |" for r in rows]
+    budget = (f"data {settings['data']}, {settings['epochs']} epoch(s), train subset "
+              f"{settings['train_subset'] or 'all'}, test subset {settings['test_subset'] or 'all'}, "
+              f"lr {settings['lr']} × batch / {settings['lr_batch']}, seed {settings['seed']}, "
+              f"{settings['date_utc']} UTC, torch {settings['torch']}")
+    paths[2].write_text("\n".join([f"Budget: {budget}.", "", *lines, ""]))
+    return paths
+
+
