@@ -222,6 +222,23 @@ def test_evonorm_b0_uses_running_statistics_in_eval():
         assert torch.allclose(model(z)[:1], model(z[:1]), atol=1e-5)
 
 
+def test_spp_measures_evonorm_b0_with_batch_statistics():
+    """As BN: the analysis package must not measure B0 with its initial running variance of 1 (which
+    leaves the signal unnormalized: the residual variance then grows ~70x over 9 blocks)."""
+    from normfree.analysis import measurement_mode, signal_propagation
+
+    torch.manual_seed(0)
+    model = normfree.create_model("evob0_cifar_resnet20").eval()
+    layers = [m for m in model.modules() if isinstance(m, EvoNormB0)]
+    before = [m.running_var.clone() for m in layers]
+    with measurement_mode(model):
+        assert all(m.training for m in layers)
+    result = signal_propagation(model, input_shape=(16, 3, 32, 32))
+    assert max(result.res_var) < 5
+    assert not any(m.training for m in layers)
+    assert all(torch.equal(a, m.running_var) for a, m in zip(before, layers))
+
+
 @pytest.mark.parametrize("prefix", ["evob0", "evos0"])
 def test_evonorm_spp_finite_and_growing(prefix):
     model, _, var = spp(f"{prefix}_cifar_resnet56")

@@ -130,11 +130,13 @@ def load_csv(path: str | Path) -> list[SPPResult]:
 def measurement_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode (no stochastic depth or dropout) with batch-statistics BatchNorm, as the paper measures.
 
-    Every module's train/eval flag and every BatchNorm's running statistics are restored on exit, so a
-    measurement in the middle of training changes nothing.
+    Every normalization with running statistics (BatchNorm, and any layer with a ``running_var``
+    buffer, e.g. EvoNorm-B0) uses batch statistics. Every module's train/eval flag and those running
+    statistics are restored on exit, so a measurement in the middle of training changes nothing.
     """
     modes = [(m, m.training) for m in model.modules()]
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             or "running_var" in dict(m.named_buffers(recurse=False))]
     saved = [(m, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in norms]
     model.eval()
     for m in norms:

@@ -1,0 +1,106 @@
+"""normfree compare: SPP figure + results table; the trainer's paper-prescribed parameter groups."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from normfree.cli import UserError, main
+from normfree.train.compare import COLUMNS, compare
+from normfree.train.config import TrainConfig
+from normfree.train.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """Tiny tensors on a shared CPU: one intra-op thread here and in the spawned training processes."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny(tmp_path, name, param_groups="auto"):
+    cfg = TrainConfig(model=name, data="synthetic", train_subset=32, test_subset=16, epochs=1, batch_size=8,
+                      lr=0.4, warmup_epochs=0, param_groups=param_groups, out_dir=str(tmp_path / name),
+                      model_kwargs={"width": 0.5}, log_every=1, device="cpu")
+    return Trainer(cfg)
+
+
+@pytest.mark.parametrize("name, kind, ratios", [
+    ("fixup_cifar_resnet20", "fixup", [1.0, 0.1]),
+    ("revbn_cifar_resnet20", "revisited_bn", [1.0, 1.0, 0.01]),
+    ("nf_cifar_resnet20", "default", [1.0, 1.0]),
+])
+def test_auto_param_groups_keep_their_lr_ratio_through_the_schedule(tmp_path, name, kind, ratios):
+    trainer = _tiny(tmp_path, name)
+    trainer.fit()
+    groups = trainer.opt.param_groups
+    assert [g["kind"] for g in groups] == [kind] * len(ratios)
+    lrs = [g["lr"] for g in groups]
+    assert lrs[0] > 0  # the cosine has not reached 0 after the last of 4 steps
+    assert [lr / lrs[0] for lr in lrs] == pytest.approx(ratios)
+
+
+def test_fixup_scalars_are_in_the_slow_group(tmp_path):
+    trainer = _tiny(tmp_path, "fixup_cifar_resnet20")
+    slow = {id(p) for p in trainer.opt.param_groups[1]["params"]}
+    names = {n for n, p in trainer.model.named_parameters() if id(p) in slow}
+    assert names and all(n.endswith(("bias", "skip_gain")) for n in names)
+    assert any(n.endswith("skip_gain") for n in names)
+
+
+def test_param_groups_default_ignores_the_model_family(tmp_path):
+    trainer = _tiny(tmp_path, "fixup_cifar_resnet20", param_groups="default")
+    assert {g["lr_scale"] for g in trainer.opt.param_groups} == {1.0}
+
+
+def test_bad_param_groups_is_a_user_error():
+    with pytest.raises(UserError, match="param_groups"):
+        TrainConfig(param_groups="lars")
+
+
+def test_compare_writes_figure_and_table_and_every_variant_trains(tmp_path):
+    models = ["nf_cifar_resnet20:width=0.5", "fixup_cifar_resnet20:width=0.5"]
+    rows = compare(models, "synthetic", tmp_path, batch_sizes=(16, 4), epochs=1, lr=0.2, lr_batch=16,
+                   train_subset=64, test_subset=32, spp_batch=4, spp_skipinit_gain=1.0, device="cpu",
+                   warmup_epochs=0)
+    assert (tmp_path / "spp.png").stat().st_size > 10_000
+    spp = json.loads((tmp_path / "spp.json").read_text())
+    labels = [r["model"] for r in spp["results"]]
+    assert labels == ["nf_cifar_resnet20:width=0.5,skipinit_gain=1.0", "fixup_cifar_resnet20:width=0.5"]
+
+    assert [(r["model"], r["batch_size"]) for r in rows] == [(m, b) for b in (16, 4) for m in models]
+    for r in rows:
+        assert math.isfinite(r["first_loss"]) and math.isfinite(r["final_train_loss"])
+        assert r["final_train_loss"] != r["first_loss"], r  # the weights moved
+        assert 0 <= r["test_top1"] <= 100 and r["img_per_s"] > 0 and r["peak_mem_mb"] > 50
+        assert r["lr"] == pytest.approx(0.2 * r["batch_size"] / 16)
+    assert [r["param_groups"] for r in rows] == ["default", "fixup"] * 2
+    assert rows[1]["lr_scales"] == pytest.approx([1.0, 0.1])
+
+    table = json.loads((tmp_path / "results.json").read_text())
+    assert table["rows"] == json.loads(json.dumps(rows)) and table["settings"]["train_subset"] == 64
+    with (tmp_path / "results.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == 4
+    assert float(csv_rows[3]["test_top1"]) == pytest.approx(rows[3]["test_top1"])
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("| fixup_cifar_resnet20:width=0.5 |") == 2 and "train subset 64" in md
+    for r in rows:
+        assert (tmp_path / "runs" / r["run_dir"].rsplit("/", 1)[-1] / "metrics.jsonl").is_file()
+
+
+def test_compare_cli_rejects_unknown_models_before_any_work(tmp_path, capsys):
+    assert main(["compare", "nf_cifar_resnet20", "bn_cifar_resnt20", "--data", "synthetic",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "bn_cifar_resnet20" in capsys.readouterr().err  # the suggestion
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_rejects_bad_batch_sizes(tmp_path):
+    with pytest.raises(UserError, match="batch sizes"):
+        compare(["nf_cifar_resnet20"], "synthetic", tmp_path, batch_sizes=(0,))
+
