@@ -104,3 +104,10 @@ def test_compare_rejects_bad_batch_sizes(tmp_path):
     with pytest.raises(UserError, match="batch sizes"):
         compare(["nf_cifar_resnet20"], "synthetic", tmp_path, batch_sizes=(0,))
 
+def test_a_diverging_run_is_a_row_not_a_crash(tmp_path):
+    rows = compare(["nf_cifar_resnet20:width=0.5"], "synthetic", tmp_path, batch_sizes=(16, 8), epochs=1,
+                   lr=1e8, lr_batch=16, train_subset=64, test_subset=16, spp_batch=4, device="cpu",
+                   warmup_epochs=0)
+    assert len(rows) == 2 and all("training loss became" in r["error"] for r in rows)
+    assert all(math.isnan(r["test_top1"]) for r in rows)
+    assert (tmp_path / "results.md").read_text().count("failed: ") == 2

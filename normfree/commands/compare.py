@@ -25,12 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "peak memory, throughput) from the training engine at each batch size, "
                                    "with the same budget and recipe for all. Fixup and revisited BN train "
                                    "with the optimizer groups their papers prescribe. See docs/baselines.md.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registered name, optionally NAME:key=value,...")
-    p.add_argument("--data", required=True, help="training data spec as for normfree train (npz:DIR, synthetic, ...)")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered name, or NAME:key=value,...")
+    p.add_argument("--data", required=True, help="data spec as for normfree train: npz:DIR, synthetic, ...")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 8], metavar="B")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.1, help="peak lr at --lr-batch; scaled linearly with the batch")
+    p.add_argument("--lr", type=float, default=0.1, help="peak lr at --lr-batch; linear in the batch")
     p.add_argument("--lr-batch", type=int, default=128)
     p.add_argument("--train-subset", type=int, default=0, help="first N training images (0 = all)")
     p.add_argument("--test-subset", type=int, default=0, help="first N test images (0 = all)")

@@ -55,6 +55,15 @@ def run_label(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "_-=." else "-" for c in spec)
 
 
+def _spp_spec(spec: str, name: str, kwargs: dict[str, Any], skipinit_gain: float | None) -> str:
+    """The spec for the SPP figure: NF nets (family ``nf*``) get ``skipinit_gain`` unless it is given."""
+    entry = get_entry(name)
+    if (skipinit_gain is None or not entry.family.startswith("nf") or "skipinit_gain" not in entry.options()
+            or "skipinit_gain" in kwargs):
+        return spec
+    return f"{spec}{',' if ':' in spec else ':'}skipinit_gain={skipinit_gain}"
+
+
 def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: Sequence[int] = (128, 8),
             epochs: int = 2, lr: float = 0.1, lr_batch: int = 128, train_subset: int = 0,
             test_subset: int = 0, spp_batch: int = 16, spp_skipinit_gain: float | None = None,
@@ -67,7 +76,9 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     batch. Each model trains with the optimizer groups its paper prescribes (``param_groups="auto"``:
     Fixup's scalars at lr/10, revisited BN's scales at lr/100). ``spp_skipinit_gain`` sets, for the
     figure only, the initial skip gain of the NF nets (registry family ``nf*``), whose official 0
-    makes every block the identity at init; SkipInit's 0 and Fixup's 1 define them and are kept. ``train_kwargs`` are further :class:`TrainConfig` fields.
+    makes every block the identity at init; SkipInit's 0 and Fixup's 1 define them and are kept.
+    ``train_kwargs`` are further :class:`TrainConfig` fields. A run that fails (a diverged loss) gets
+    a row with its error and NaN numbers; the others still run.
     """
     from ..commands.spp import measure, parse_spec, write
 
@@ -87,16 +98,9 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    spp_specs = []
-    for spec, (name, kwargs) in zip(models, parsed):
-        entry = get_entry(name)
-        if (spp_skipinit_gain is not None and entry.family.startswith("nf")
-                and "skipinit_gain" in entry.options() and "skipinit_gain" not in kwargs):
-            spec = f"{spec}{',' if ':' in spec else ':'}skipinit_gain={spp_skipinit_gain}"
-        spp_specs.append(spec)
-    results = measure(spp_specs, batch=spp_batch, seed=seed,
-                      device="cuda" if device == "auto" and torch.cuda.is_available() else
-                      ("cpu" if device == "auto" else device))
+    spp_specs = [_spp_spec(spec, name, kw, spp_skipinit_gain) for spec, (name, kw) in zip(models, parsed)]
+    spp_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    results = measure(spp_specs, batch=spp_batch, seed=seed, device=spp_device)
     write(results, out, title=f"signal propagation at init, N(0,1) inputs, batch {spp_batch}")
 
     rows = []
@@ -104,23 +108,30 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     runs = [(b, spec, name, kwargs, label) for b in batch_sizes
             for spec, (name, kwargs), label in zip(models, parsed, labels)]
     for b, spec, name, kwargs, label in tqdm(runs, desc="compare", unit="run"):
-        cfg = TrainConfig.from_dict({"log_every": 1, **train_kwargs, "model": name, "model_kwargs": kwargs,
-                             "data": data, "out_dir": str(out / "runs" / f"{label}_bs{b}"), "epochs": epochs,
-                             "batch_size": b, "lr": lr * b / lr_batch, "train_subset": train_subset,
-                             "test_subset": test_subset, "seed": seed, "device": device,
-                             "param_groups": "auto"})
+        cfg = TrainConfig.from_dict({
+            "log_every": 1, **train_kwargs, "model": name, "model_kwargs": kwargs, "data": data,
+            "out_dir": str(out / "runs" / f"{label}_bs{b}"), "epochs": epochs, "batch_size": b,
+            "lr": lr * b / lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
+            "device": device, "param_groups": "auto"})
         with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            result = pool.submit(_train_one, cfg).result()
-        rows.append({"model": spec, "batch_size": b, "lr": cfg.lr, **{k: result[k] for k in COLUMNS
-                     if k not in ("model", "batch_size", "lr")}, "mem_kind": result["mem_kind"],
-                     "lr_scales": result["lr_scales"], "run_dir": cfg.out_dir})
-        tqdm.write(f"{spec} batch {b}: loss {result['first_loss']:.3f} -> {result['final_train_loss']:.3f}, "
-                   f"top-1 {result['test_top1']:.2f}%, {result['img_per_s']:.1f} img/s")
-    settings = {"data": data, "epochs": epochs, "batch_sizes": list(batch_sizes), "lr": lr, "lr_batch": lr_batch,
-                "train_subset": train_subset, "test_subset": test_subset, "seed": seed, "device": device,
-                "train_kwargs": train_kwargs, "spp_models": spp_specs, "date_utc": time.strftime(
-                    "%Y-%m-%d %H:%M", time.gmtime()), "torch": torch.__version__, "platform": platform.platform(),
-                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            try:
+                result = pool.submit(_train_one, cfg).result()
+            except UserError as err:  # e.g. a diverged loss: a result of the comparison, not a crash
+                result = {**dict.fromkeys(COLUMNS, float("nan")), "param_groups": "", "error": str(err)}
+                tqdm.write(f"{spec} batch {b}: failed: {err}")
+        rows.append({**{k: result.get(k) for k in COLUMNS}, "model": spec, "batch_size": b, "lr": cfg.lr,
+                     "mem_kind": result.get("mem_kind", ""), "lr_scales": result.get("lr_scales"),
+                     "error": result.get("error", ""), "run_dir": cfg.out_dir})
+        if not rows[-1]["error"]:
+            tqdm.write(f"{spec} batch {b}: loss {result['first_loss']:.3f} -> "
+                       f"{result['final_train_loss']:.3f}, top-1 {result['test_top1']:.2f}%, "
+                       f"{result['img_per_s']:.1f} img/s")
+    settings = {"data": data, "epochs": epochs, "batch_sizes": list(batch_sizes), "lr": lr,
+                "lr_batch": lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
+                "device": device, "train_kwargs": train_kwargs, "spp_models": spp_specs,
+                "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "torch": torch.__version__,
+                "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     write_table(rows, settings, out)
     return rows
 
@@ -142,7 +153,9 @@ def write_table(rows: Sequence[dict[str, Any]], settings: dict[str, Any], out: P
              f"| img/s | peak mem (MB, {mem}) |", "|---|---:|---:|---|---:|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['batch_size']} | {r['lr']:.4g} | {r['param_groups']} | "
               f"{num(r['test_top1'], 2)} | {num(r['first_loss'], 3)} → {num(r['final_train_loss'], 3)} | "
-              f"{num(r['wall_time_s'], 1)} | {num(r['img_per_s'], 1)} | {num(r['peak_mem_mb'], 0)} |" for r in rows]
+              f"{num(r['wall_time_s'], 1)} | {num(r['img_per_s'], 1)} | {num(r['peak_mem_mb'], 0)} |"
+              if not r.get("error") else f"| {r['model']} | {r['batch_size']} | {r['lr']:.4g} | failed: "
+              f"{r['error'][:120]} | | | | | |" for r in rows]
     budget = (f"data {settings['data']}, {settings['epochs']} epoch(s), train subset "
               f"{settings['train_subset'] or 'all'}, test subset {settings['test_subset'] or 'all'}, "
               f"lr {settings['lr']} × batch / {settings['lr_batch']}, seed {settings['seed']}, "
