@@ -8,10 +8,12 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # 2 shared cores: oversubscribed i
 OUT=${OUT:-benchmarks/baselines_cifar10/out}
 DATA=npz:${DATA_DIR:-/work/shared/data/cifar10_jpeg}
 mkdir -p "$OUT"
-{ echo "start: $(date -u) | $(uptime)"; nproc; } > "$OUT/machine.log"
+{ echo "start: $(date -u) | $(uptime)"; echo "cores: $(nproc --all)"; } > "$OUT/machine.log"
 MODELS=()
 for p in nf bn relubn revbn gnws evob0 evos0 fixup skipinit; do MODELS+=("${p}_cifar_resnet20"); done
 .venv/bin/normfree compare "${MODELS[@]}" --data "$DATA" --out "$OUT" --batch-sizes 128 8 \
     --epochs 2 --warmup-epochs 0.5 --train-subset 2000 --test-subset 2000 --lr 0.1 --lr-batch 128 \
     --spp-skipinit-gain 1 --seed 0 --device cpu 2>&1 | tr '\r' '\n' | grep -v '%|' | grep -v '^ *$' > "$OUT/stdout.log"
 echo "end: $(date -u) | $(uptime)" >> "$OUT/machine.log"
+# Same process, interleaved: training-step throughput of every variant (out/throughput.{json,log}).
+.venv/bin/python benchmarks/baselines_cifar10/throughput.py "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
