@@ -90,24 +90,26 @@ class ScaledStdConv2d(nn.Conv2d):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def standardized_weight(self) -> torch.Tensor:
-        """Ŵ. Written with plain reductions (no ``std_mean``) so it exports to ONNX."""
+    def standardized_weight(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Ŵ (times ``scale``, folded into the per-channel multiplier at no extra pass over W).
+
+        Written with plain reductions (no ``std_mean``) so it exports to ONNX.
+        """
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         centered = w - mean
         var = centered.square().mean(dim=(1, 2, 3), keepdim=True)
         gain = self.gain.view(-1, 1, 1, 1)
         if self.ws == "official":
-            scale = torch.rsqrt(torch.clamp(var * self.fan_in, min=self.eps))
+            mult = torch.rsqrt(torch.clamp(var * self.fan_in, min=self.eps)) * gain
         else:
-            scale = torch.rsqrt(var + self.eps) * (self.gamma / math.sqrt(self.fan_in))
-        return centered * (scale * gain)
+            mult = torch.rsqrt(var + self.eps) * (gain * (self.gamma / math.sqrt(self.fan_in)))
+        if scale is not None:
+            mult = mult * scale
+        return centered * mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode_same:
-            x = pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return conv_forward(self, x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", pad={self.pad_type}, ws={self.ws}, eps={self.eps:g}"
@@ -129,9 +131,33 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
 class SamePadConv2d(nn.Conv2d):
     """Plain Conv2d with TensorFlow-'SAME' padding computed from the input size."""
 
+    padding_mode_same = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv_forward(self, x)
+
+
+def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight_scale: torch.Tensor | float | None = None,
+                 bias_scale: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``conv(x)`` with the weight multiplied by ``weight_scale`` and the bias by ``bias_scale``.
+
+    This is how scalars that would otherwise cost a pass over a (large) activation are folded into a
+    (small) weight: ``conv(c·x) = conv_{c·W}(x)`` and ``c·conv(x) = conv_{c·W, c·b}(x)``. Works for
+    :class:`ScaledStdConv2d` (the scale rides on its per-channel multiplier), :class:`SamePadConv2d`
+    and plain ``nn.Conv2d``.
+    """
+    if isinstance(conv, ScaledStdConv2d):
+        weight = conv.standardized_weight(weight_scale)
+    else:
+        weight = conv.weight if weight_scale is None else conv.weight * weight_scale
+    bias = conv.bias
+    if bias is not None and bias_scale is not None:
+        bias = bias * bias_scale
+    padding = conv.padding
+    if getattr(conv, "padding_mode_same", False):
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)  # type: ignore[arg-type]
+        padding = 0
+    return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
 class MaxPoolSame(nn.Module):

@@ -1,0 +1,81 @@
+import copy
+
+import pytest
+import torch
+
+import normfree
+from normfree.models.blocks import ResidualBlock, set_fast_path
+
+# Every structural variant the folded path has to handle: SE last, avg-pool shortcut, timm WS (γ in
+# the conv), plain convs, non-homogeneous activation, symmetric padding, stochastic depth.
+VARIANTS = {
+    "nf_resnet26": ("nf_resnet26", dict(width=0.25)),
+    "se_timm_avgpool": ("nf_resnet26", dict(width=0.25, use_se=True, ws="timm",
+                                            shortcut="avgpool_conv", padding="symmetric")),
+    "cifar_gelu": ("nf_cifar_resnet20", dict(width=0.5, activation="gelu")),
+    "cifar_plain_conv": ("nf_cifar_resnet20", dict(width=0.5, std_conv=False)),
+    "bn_resnet26": ("bn_resnet26", dict(width=0.25)),
+}
+
+
+def _build(key: str) -> torch.nn.Module:
+    name, kwargs = VARIANTS[key]
+    kwargs = dict(kwargs, num_classes=7)
+    if not name.startswith("bn_"):
+        kwargs["skipinit_gain"] = 0.7  # a nonzero branch so folding errors would show
+    torch.manual_seed(0)
+    model = normfree.create_model(name, **kwargs)
+    with torch.no_grad():  # move gains/biases off their init so every folded scalar matters
+        for n, p in model.named_parameters():
+            if n.endswith(("gain", "bias")):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _run(model: torch.nn.Module, x: torch.Tensor, seed: int = 1):
+    torch.manual_seed(seed)  # same stochastic-depth masks on both paths
+    out = model(x)
+    out.square().mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("key", VARIANTS)
+@pytest.mark.parametrize("stochdepth", [0.0, 0.5])
+def test_folded_path_equals_unfolded_fp32(key, stochdepth):
+    ref = _build(key)
+    for b in ref.blocks():
+        b.drop_path.rate = stochdepth
+    fast = copy.deepcopy(ref)
+    set_fast_path(ref, False)
+    x = torch.randn(4, 3, 32, 32)
+    out_ref, grads_ref = _run(ref.train(), x)
+    out_fast, grads_fast = _run(fast.train(), x)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-6)
+    assert grads_fast.keys() == grads_ref.keys()
+    for n, g in grads_ref.items():
+        torch.testing.assert_close(grads_fast[n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_fast_path_is_default_and_really_folds():
+    """Folded: no elementwise multiply by β·γ or α·g over activations (count aten.mul on 4-D tensors)."""
+    block = _build("nf_resnet26").stages[1][1]
+    assert isinstance(block, ResidualBlock) and block.fast_path
+    x = torch.randn(2, block.in_ch, 8, 8)
+
+    def big_muls(fn):
+        with torch.profiler.profile(record_shapes=True) as prof:
+            fn(x)
+        return sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+                   if e.key == "aten::mul" and any(len(s) == 4 and s[0] == 2 for s in e.input_shapes))
+
+    with torch.no_grad():
+        assert big_muls(block.forward_unfolded) >= 4  # preact, two inner γ, skip gain, α
+        assert big_muls(block) == 0
+
+
+def test_hooks_force_the_plain_path():
+    block = _build("nf_resnet26").stages[0][1]
+    seen = []
+    block.branch.act1.register_forward_hook(lambda *_: seen.append(1))
+    block(torch.randn(2, block.in_ch, 8, 8))
+    assert seen == [1]
