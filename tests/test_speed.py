@@ -79,3 +79,27 @@ def test_hooks_force_the_plain_path():
     block.branch.act1.register_forward_hook(lambda *_: seen.append(1))
     block(torch.randn(2, block.in_ch, 8, 8))
     assert seen == [1]
+
+
+@pytest.mark.parametrize("ws", ["official", "timm"])
+def test_ws_function_matches_reference_and_gradcheck(ws):
+    from normfree.layers import ScaledStdConv2d
+    from normfree.layers.conv import _ScaledWSFunction
+
+    torch.manual_seed(0)
+    conv = ScaledStdConv2d(3, 5, 3, ws=ws, gamma=1.7 if ws == "timm" else 1.0).double()
+    with torch.no_grad():
+        conv.gain.add_(torch.randn(5, dtype=torch.double) * 0.2)
+        conv.weight[0] = 1e-4  # channel 0: variance below eps (official clamp) -> zero grad path
+        conv.weight[1] += 0.3  # a channel with a large mean
+    scale = torch.tensor(0.8, dtype=torch.double, requires_grad=True)
+    args = (conv.weight, conv.gain, scale, conv.fan_in, conv.eps, conv._ws_const)
+    assert torch.autograd.gradcheck(_ScaledWSFunction.apply, args)
+    fused = conv.standardized_weight(scale)
+    ref = conv.standardized_weight_reference(scale)
+    torch.testing.assert_close(fused, ref)
+    up = torch.randn_like(ref)
+    g_fused = torch.autograd.grad((fused * up).sum(), [conv.weight, conv.gain, scale])
+    g_ref = torch.autograd.grad((ref * up).sum(), [conv.weight, conv.gain, scale])
+    for a, b in zip(g_fused, g_ref):
+        torch.testing.assert_close(a, b)

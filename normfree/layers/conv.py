@@ -54,6 +54,56 @@ def _static_padding(kernel: tuple[int, int], stride: tuple[int, int],
     return None
 
 
+def _ws_inv_std(var: torch.Tensor, fan_in: int, eps: float, const: float | None) -> torch.Tensor:
+    """Per-channel 1/std: official rsqrt(max(fan_in·var, eps)), or timm's const·rsqrt(var + eps)."""
+    if const is None:
+        return torch.rsqrt(torch.clamp(var * fan_in, min=eps))
+    return torch.rsqrt(var + eps) * const
+
+
+class _ScaledWSFunction(torch.autograd.Function):
+    """Ŵ = (W − μ)·s·gain·scale with a hand-written backward.
+
+    Autograd on the textbook formula keeps W − μ and makes ~8 passes over W-sized tensors per step;
+    weights are small next to activations at large batch, but not at the small batches of CPU training.
+    Backward, with m = s·gain·scale, c = W − μ, G = dL/dŴ and n = fan_in::
+
+        dL/dm = Σ G·c,   dL/dv = dL/dm · gain·scale · ds/dv,
+        dL/dW = m·(G − mean G) + (2/n)·dL/dv·c
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor, fan_in: int,
+                eps: float, const: float | None) -> torch.Tensor:
+        var, mean = torch.var_mean(w, dim=(1, 2, 3), correction=0, keepdim=True)
+        inv_std = _ws_inv_std(var, fan_in, eps, const)
+        q = gain.view(-1, 1, 1, 1) * scale
+        m = inv_std * q
+        ctx.save_for_backward(w, mean, var, inv_std, q, gain, scale)
+        ctx.fan_in, ctx.eps, ctx.const = fan_in, eps, const
+        return torch.addcmul(-mean * m, w, m)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        w, mean, var, inv_std, q, gain, scale = ctx.saved_tensors
+        out_ch, n = w.shape[0], w[0].numel()
+        g_flat, w_flat = grad.reshape(out_ch, 1, n), w.reshape(out_ch, n, 1)
+        sum_gw = torch.bmm(g_flat, w_flat).view(-1, 1, 1, 1)  # one pass, no temporary
+        sum_g = grad.sum(dim=(1, 2, 3), keepdim=True)
+        d_m = sum_gw - mean * sum_g  # Σ G·(W − μ)
+        if ctx.const is None:  # s = (n·v)^-1/2 unless clamped at eps
+            ds_dv = torch.where(var * ctx.fan_in >= ctx.eps, -0.5 * ctx.fan_in * inv_std**3, 0.0)
+        else:  # s = const·(v + eps)^-1/2
+            ds_dv = -0.5 * inv_std**3 / ctx.const**2
+        k = (2.0 / n) * d_m * q * ds_dv
+        m = inv_std * q
+        grad_w = torch.addcmul(torch.addcmul(-(m * sum_g / n + k * mean), w, k), grad, m)
+        d_q = d_m * inv_std
+        grad_gain = (d_q * scale).view(-1) if ctx.needs_input_grad[1] else None
+        grad_scale = (d_q * gain.view(-1, 1, 1, 1)).sum() if ctx.needs_input_grad[2] else None
+        return grad_w, grad_gain, grad_scale, None, None, None
+
+
 class ScaledStdConv2d(nn.Conv2d):
     """Conv2d with Scaled Weight Standardization, recomputed from the raw weight on every call.
 
@@ -93,20 +143,31 @@ class ScaledStdConv2d(nn.Conv2d):
     def standardized_weight(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
         """Ŵ (times ``scale``, folded into the per-channel multiplier at no extra pass over W).
 
-        Written with plain reductions (no ``std_mean``) so it exports to ONNX.
+        With gradients enabled this runs :class:`_ScaledWSFunction` (two passes over W forward, four
+        backward, nothing W-sized kept but W); otherwise :meth:`standardized_weight_reference`.
         """
+        if torch.is_grad_enabled() and (self.weight.requires_grad or self.gain.requires_grad):
+            scale_t = torch.as_tensor(1.0 if scale is None else scale, dtype=self.weight.dtype,
+                                      device=self.weight.device)
+            return _ScaledWSFunction.apply(self.weight, self.gain, scale_t, self.fan_in, self.eps,
+                                           self._ws_const)
+        return self.standardized_weight_reference(scale)
+
+    def standardized_weight_reference(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
+        """The textbook formula, with plain reductions (no ``std_mean``) so it exports to ONNX."""
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         centered = w - mean
         var = centered.square().mean(dim=(1, 2, 3), keepdim=True)
-        gain = self.gain.view(-1, 1, 1, 1)
-        if self.ws == "official":
-            mult = torch.rsqrt(torch.clamp(var * self.fan_in, min=self.eps)) * gain
-        else:
-            mult = torch.rsqrt(var + self.eps) * (gain * (self.gamma / math.sqrt(self.fan_in)))
+        mult = _ws_inv_std(var, self.fan_in, self.eps, self._ws_const) * self.gain.view(-1, 1, 1, 1)
         if scale is not None:
             mult = mult * scale
         return centered * mult
+
+    @property
+    def _ws_const(self) -> float | None:
+        """None for the official max(fan_in·var, eps); γ/sqrt(fan_in) for timm's (var + eps)."""
+        return None if self.ws == "official" else self.gamma / math.sqrt(self.fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_forward(self, x)
