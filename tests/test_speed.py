@@ -82,7 +82,8 @@ def test_hooks_force_the_plain_path():
 
 
 @pytest.mark.parametrize("ws", ["official", "timm"])
-def test_ws_function_matches_reference_and_gradcheck(ws):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ws_function_matches_reference_and_gradcheck(ws, channels_last):
     from normfree.layers import ScaledStdConv2d
     from normfree.layers.conv import _ScaledWSFunction
 
@@ -92,6 +93,9 @@ def test_ws_function_matches_reference_and_gradcheck(ws):
         conv.gain.add_(torch.randn(5, dtype=torch.double) * 0.2)
         conv.weight[0] = 1e-4  # channel 0: variance below eps (official clamp) -> zero grad path
         conv.weight[1] += 0.3  # a channel with a large mean
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+        assert not conv.weight.is_contiguous()
     scale = torch.tensor(0.8, dtype=torch.double, requires_grad=True)
     args = (conv.weight, conv.gain, scale, conv.fan_in, conv.eps, conv._ws_const)
     assert torch.autograd.gradcheck(_ScaledWSFunction.apply, args)

@@ -75,24 +75,25 @@ class _ScaledWSFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor, fan_in: int,
                 eps: float, const: float | None) -> torch.Tensor:
-        var, mean = torch.var_mean(w, dim=(1, 2, 3), correction=0, keepdim=True)
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        out = w - mean
+        rows = _rows(out, out)
+        var = torch.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).view(-1, 1, 1, 1) / fan_in
         inv_std = _ws_inv_std(var, fan_in, eps, const)
         q = gain.view(-1, 1, 1, 1) * scale
-        m = inv_std * q
         ctx.save_for_backward(w, mean, var, inv_std, q, gain, scale)
         ctx.fan_in, ctx.eps, ctx.const = fan_in, eps, const
-        return torch.addcmul(-mean * m, w, m)
+        return out.mul_(inv_std * q)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         w, mean, var, inv_std, q, gain, scale = ctx.saved_tensors
-        out_ch, n = w.shape[0], w[0].numel()
-        g_flat, w_flat = grad.reshape(out_ch, 1, n), w.reshape(out_ch, n, 1)
-        sum_gw = torch.bmm(g_flat, w_flat).view(-1, 1, 1, 1)  # one pass, no temporary
+        n = ctx.fan_in
+        sum_gw = torch.bmm(_rows(grad, w).unsqueeze(1), _rows(w, w).unsqueeze(2)).view(-1, 1, 1, 1)
         sum_g = grad.sum(dim=(1, 2, 3), keepdim=True)
         d_m = sum_gw - mean * sum_g  # Σ G·(W − μ)
         if ctx.const is None:  # s = (n·v)^-1/2 unless clamped at eps
-            ds_dv = torch.where(var * ctx.fan_in >= ctx.eps, -0.5 * ctx.fan_in * inv_std**3, 0.0)
+            ds_dv = torch.where(var * n >= ctx.eps, -0.5 * n * inv_std**3, 0.0)
         else:  # s = const·(v + eps)^-1/2
             ds_dv = -0.5 * inv_std**3 / ctx.const**2
         k = (2.0 / n) * d_m * q * ds_dv
@@ -102,6 +103,13 @@ class _ScaledWSFunction(torch.autograd.Function):
         grad_gain = (d_q * scale).view(-1) if ctx.needs_input_grad[1] else None
         grad_scale = (d_q * gain.view(-1, 1, 1, 1)).sum() if ctx.needs_input_grad[2] else None
         return grad_w, grad_gain, grad_scale, None, None, None
+
+
+def _rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` as (out_channels, fan_in) rows, in ``like``'s memory order: a view when layouts agree
+    (contiguous or channels_last alike), so row dot products cost one read and no copy."""
+    dims = sorted(range(1, like.ndim), key=lambda d: -like.stride(d))
+    return t.permute(0, *dims).reshape(t.shape[0], -1)
 
 
 class ScaledStdConv2d(nn.Conv2d):
