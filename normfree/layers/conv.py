@@ -73,7 +73,7 @@ class _ScaledWSFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor, fan_in: int,
+    def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor | float, fan_in: int,
                 eps: float, const: float | None) -> torch.Tensor:
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         out = w - mean
@@ -81,13 +81,15 @@ class _ScaledWSFunction(torch.autograd.Function):
         var = torch.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).view(-1, 1, 1, 1) / fan_in
         inv_std = _ws_inv_std(var, fan_in, eps, const)
         q = gain.view(-1, 1, 1, 1) * scale
-        ctx.save_for_backward(w, mean, var, inv_std, q, gain, scale)
-        ctx.fan_in, ctx.eps, ctx.const = fan_in, eps, const
+        scale_t = scale if isinstance(scale, torch.Tensor) else None  # a float needs no gradient
+        ctx.save_for_backward(w, mean, var, inv_std, q, gain, scale_t)
+        ctx.fan_in, ctx.eps, ctx.const, ctx.scale = fan_in, eps, const, scale
         return out.mul_(inv_std * q)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        w, mean, var, inv_std, q, gain, scale = ctx.saved_tensors
+        w, mean, var, inv_std, q, gain, scale_t = ctx.saved_tensors
+        scale = ctx.scale if scale_t is None else scale_t
         n = ctx.fan_in
         sum_gw = torch.bmm(_rows(grad, w).unsqueeze(1), _rows(w, w).unsqueeze(2)).view(-1, 1, 1, 1)
         sum_g = grad.sum(dim=(1, 2, 3), keepdim=True)
@@ -98,10 +100,11 @@ class _ScaledWSFunction(torch.autograd.Function):
             ds_dv = -0.5 * inv_std**3 / ctx.const**2
         k = (2.0 / n) * d_m * q * ds_dv
         m = inv_std * q
-        grad_w = torch.addcmul(torch.addcmul(-(m * sum_g / n + k * mean), w, k), grad, m)
+        grad_w = torch.addcmul(-(m * sum_g / n + k * mean), w, k).addcmul_(grad, m)
         d_q = d_m * inv_std
         grad_gain = (d_q * scale).view(-1) if ctx.needs_input_grad[1] else None
-        grad_scale = (d_q * gain.view(-1, 1, 1, 1)).sum() if ctx.needs_input_grad[2] else None
+        grad_scale = ((d_q * gain.view(-1, 1, 1, 1)).sum()
+                      if scale_t is not None and ctx.needs_input_grad[2] else None)
         return grad_w, grad_gain, grad_scale, None, None, None
 
 
@@ -155,10 +158,8 @@ class ScaledStdConv2d(nn.Conv2d):
         backward, nothing W-sized kept but W); otherwise :meth:`standardized_weight_reference`.
         """
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.gain.requires_grad):
-            scale_t = torch.as_tensor(1.0 if scale is None else scale, dtype=self.weight.dtype,
-                                      device=self.weight.device)
-            return _ScaledWSFunction.apply(self.weight, self.gain, scale_t, self.fan_in, self.eps,
-                                           self._ws_const)
+            return _ScaledWSFunction.apply(self.weight, self.gain, 1.0 if scale is None else scale,
+                                           self.fan_in, self.eps, self._ws_const)
         return self.standardized_weight_reference(scale)
 
     def standardized_weight_reference(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
