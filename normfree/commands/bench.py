@@ -77,7 +77,8 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, s
     if args.deploy:
         models = {n: deploy(m) for n, m in models.items()}
         notes.append("deploy mode: normfree.deploy() on every model (BN twins: BN folded into convs "
-                     "where it follows one)" + ("; timm models deployed too" if wanted else ""))
+                     "where it follows one)"
+                     + ("; timm models deployed too" if any(n.startswith("timm:") for n in models) else ""))
     return models, baseline, notes
 
 
