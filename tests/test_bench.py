@@ -21,9 +21,10 @@ def test_cli_bench_adds_bn_twin_and_writes_json(tmp_path, capsys):
         assert r["peak_step_bytes"] > 0 and r["resident_bytes"] > 0
 
 
-def test_cli_bench_deploy_infer(capsys):
+def test_cli_bench_deploy_infer_compiled(capsys):
+    torch._dynamo.reset()
     rc = main(["bench", "nf_cifar_resnet20", "--infer", "--deploy", "--batch", "2", "--size", "16",
-               "--warmup", "0", "--repeats", "1", "--steps", "1"])
+               "--warmup", "1", "--repeats", "1", "--steps", "1", "--compile", "eager"])
     assert rc == 0 and "deploy mode" in capsys.readouterr().out
 
 
