@@ -72,8 +72,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], nn.Module, int]:
-    """Prepare ``model`` per ``cfg``; return (one step, the model as run, resident bytes)."""
+def make_step(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], int]:
+    """Prepare ``model`` per ``cfg``; return (one step, resident bytes)."""
     device = torch.device(cfg.device)
     fmt = torch.channels_last if cfg.use_channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt).train(cfg.mode == "train")
@@ -86,7 +86,7 @@ def make_step(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], n
         def step() -> None:
             with torch.inference_mode(), amp:
                 runner(x)
-        return step, model, resident
+        return step, resident
 
     num_classes = getattr(model, "num_classes", 1000)
     y = torch.randint(0, num_classes, (cfg.batch,), device=device)
@@ -99,7 +99,7 @@ def make_step(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], n
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)  # gradients are allocated inside the step: they count
-    return train_step, model, resident
+    return train_step, resident
 
 
 def step_peak_memory(step: Callable[[], None], device: torch.device) -> int:
@@ -135,12 +135,12 @@ def run_benchmark(models: dict[str, nn.Module], cfg: BenchConfig,
     total = len(prepared) * (cfg.warmup + cfg.repeats * cfg.steps)
     times: dict[str, list[float]] = {name: [] for name in prepared}
     with tqdm(total=total, desc=f"bench {cfg.mode}", unit="step", disable=not progress) as bar:
-        for name, (step, _, _) in prepared.items():
+        for step, _ in prepared.values():
             for _ in range(cfg.warmup):
                 step()
                 bar.update()
         for _ in range(cfg.repeats):
-            for name, (step, _, _) in prepared.items():
+            for name, (step, _) in prepared.items():
                 _sync(device)
                 start = time.perf_counter()
                 for _ in range(cfg.steps):
@@ -149,7 +149,7 @@ def run_benchmark(models: dict[str, nn.Module], cfg: BenchConfig,
                 times[name].append((time.perf_counter() - start) / cfg.steps)
                 bar.update(cfg.steps)
     results = []
-    for name, (step, _, resident) in prepared.items():
+    for name, (step, resident) in prepared.items():
         rates = [cfg.batch / t for t in times[name]]
         results.append(BenchResult(name, statistics.median(rates), min(rates), max(rates),
                                    1e3 * statistics.median(times[name]),

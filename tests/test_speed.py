@@ -107,3 +107,17 @@ def test_ws_function_matches_reference_and_gradcheck(ws, channels_last):
     g_ref = torch.autograd.grad((ref * up).sum(), [conv.weight, conv.gain, scale])
     for a, b in zip(g_fused, g_ref):
         torch.testing.assert_close(a, b)
+
+
+def test_ws_statistics_stay_fp32_under_autocast():
+    from normfree.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)
+    conv = ScaledStdConv2d(64, 32, 3)
+    with torch.no_grad():
+        conv.weight.add_(0.05)  # a mean offset makes bf16 variance visibly wrong
+        ref = conv.standardized_weight_reference()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = conv.standardized_weight()
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-7)

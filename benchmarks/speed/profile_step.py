@@ -28,7 +28,7 @@ def main() -> None:
         model = normfree.create_model(name)
         if args.deploy:
             model = normfree.deploy(model)
-        step, _, _ = make_step(model, cfg)
+        step, _ = make_step(model, cfg)
         step()  # warm-up
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             step()

@@ -75,10 +75,11 @@ class _ScaledWSFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor | float, fan_in: int,
                 eps: float, const: float | None) -> torch.Tensor:
-        mean = w.mean(dim=(1, 2, 3), keepdim=True)
-        out = w - mean
-        rows = _rows(out, out)
-        var = torch.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).view(-1, 1, 1, 1) / fan_in
+        with torch.autocast(w.device.type, enabled=False):  # bmm would otherwise run in bf16/fp16
+            mean = w.mean(dim=(1, 2, 3), keepdim=True)
+            out = w - mean
+            rows = _rows(out, out)
+            var = torch.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).view(-1, 1, 1, 1) / fan_in
         inv_std = _ws_inv_std(var, fan_in, eps, const)
         q = gain.view(-1, 1, 1, 1) * scale
         scale_t = scale if isinstance(scale, torch.Tensor) else None  # a float needs no gradient
@@ -91,7 +92,9 @@ class _ScaledWSFunction(torch.autograd.Function):
         w, mean, var, inv_std, q, gain, scale_t = ctx.saved_tensors
         scale = ctx.scale if scale_t is None else scale_t
         n = ctx.fan_in
-        sum_gw = torch.bmm(_rows(grad, w).unsqueeze(1), _rows(w, w).unsqueeze(2)).view(-1, 1, 1, 1)
+        with torch.autocast(grad.device.type, enabled=False):
+            g_rows = _rows(grad.to(w.dtype), w).unsqueeze(1)
+            sum_gw = torch.bmm(g_rows, _rows(w, w).unsqueeze(2)).view(-1, 1, 1, 1)
         sum_g = grad.sum(dim=(1, 2, 3), keepdim=True)
         d_m = sum_gw - mean * sum_g  # Σ G·(W − μ)
         if ctx.const is None:  # s = (n·v)^-1/2 unless clamped at eps
@@ -154,8 +157,9 @@ class ScaledStdConv2d(nn.Conv2d):
     def standardized_weight(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
         """Ŵ (times ``scale``, folded into the per-channel multiplier at no extra pass over W).
 
-        With gradients enabled this runs :class:`_ScaledWSFunction` (two passes over W forward, four
-        backward, nothing W-sized kept but W); otherwise :meth:`standardized_weight_reference`.
+        With gradients enabled this runs :class:`_ScaledWSFunction` (fp32 statistics even under
+        autocast; nothing W-sized kept for backward but W); otherwise
+        :meth:`standardized_weight_reference`.
         """
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.gain.requires_grad):
             return _ScaledWSFunction.apply(self.weight, self.gain, 1.0 if scale is None else scale,
