@@ -41,9 +41,11 @@ def deploy(model: nn.Module) -> nn.Module:
 
 def _plain_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
     """A plain conv (dynamic TF-SAME padding where the source had it) holding the given tensors."""
-    cls, padding = (SamePadConv2d, 0) if getattr(conv, "padding_mode_same", False) else (nn.Conv2d, conv.padding)
-    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,  # type: ignore[arg-type]
-              conv.dilation, conv.groups, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    same = getattr(conv, "padding_mode_same", False)
+    cls, padding = (SamePadConv2d, 0) if same else (nn.Conv2d, conv.padding)
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+              conv.stride, padding, conv.dilation, conv.groups, bias=bias is not None,  # type: ignore[arg-type]
+              device=weight.device, dtype=weight.dtype)
     new.weight.copy_(weight)
     if bias is not None:
         new.bias.copy_(bias)
@@ -54,7 +56,8 @@ def _replace_ws_convs(model: nn.Module) -> None:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, ScaledStdConv2d):
-                setattr(parent, name, _plain_conv(child, child.standardized_weight_reference(), child.bias))
+                weight = child.standardized_weight_reference()
+                setattr(parent, name, _plain_conv(child, weight, child.bias))
 
 
 def _unit(act: GammaAct) -> None:
@@ -75,7 +78,8 @@ def _fold_bn_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """conv followed by eval-mode BN as one conv."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    return _plain_conv(conv, conv.weight * scale.view(-1, 1, 1, 1), (bias - bn.running_mean) * scale + bn.bias)
+    return _plain_conv(conv, conv.weight * scale.view(-1, 1, 1, 1),
+                       (bias - bn.running_mean) * scale + bn.bias)
 
 
 def _fold_block(block: ResidualBlock) -> None:
