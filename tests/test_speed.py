@@ -121,3 +121,30 @@ def test_ws_statistics_stay_fp32_under_autocast():
         fused = conv.standardized_weight()
     assert fused.dtype == torch.float32
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_mid_branch_se_block_folded_and_deployed(act):
+    """SE in the middle of the branch (followed by an activation), avg-pool shortcut, stochastic depth."""
+    from normfree.layers import LayerFactory
+    from normfree.models import ConvSpec
+
+    torch.manual_seed(0)
+    block = ResidualBlock(8, [ConvSpec(6, 1), ConvSpec(6, 3, 2), ConvSpec(12, 1)],
+                          LayerFactory(act=act), beta=0.9, alpha=0.3, se_hidden=3, se_after=1,
+                          shortcut="avgpool_conv", drop_path_rate=0.5, skipinit_gain=0.8)
+    ref = set_fast_path(copy.deepcopy(block), False)
+    x = torch.randn(4, 8, 9, 9)
+    outs, grads = [], []
+    for m in (block, ref):
+        torch.manual_seed(1)
+        out = m(x)
+        out.square().mean().backward()
+        outs.append(out.detach())
+        grads.append([p.grad for p in m.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(normfree.deploy(block)(x), block(x), rtol=1e-5, atol=1e-6)
