@@ -31,9 +31,11 @@ def deploy(model: nn.Module) -> nn.Module:
     _replace_ws_convs(model)
     for block in [m for m in model.modules() if isinstance(m, ResidualBlock)]:
         _fold_block(block)
-    if isinstance(model, ResNet) and isinstance(model.final, GammaAct):
-        model.fc.weight.mul_(model.final.factor)
-        _unit(model.final)
+    final = getattr(model, "final", None) if isinstance(model, ResNet) else None
+    final_act = final[-1] if isinstance(final, nn.Sequential) and len(final) else final
+    if isinstance(final_act, GammaAct):  # global average pooling commutes with γ
+        model.fc.weight.mul_(final_act.factor)
+        _unit(final_act)
     for p in model.parameters():
         p.requires_grad_(False)
     return model

@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     p.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None, help="default: the model's own")
     p.add_argument("--no-baseline", action="store_true", help="do not add BN twins / timm models")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
 
@@ -64,7 +64,8 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, s
                 baseline[name] = twin
                 if twin not in names:
                     names.append(twin)
-    models = {n: create_model(n, num_classes=args.num_classes) for n in names}
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    models = {n: create_model(n, **kwargs) for n in names}
     wanted = {n: t for n in args.models for t in TIMM_BASELINES.get(n, ())}
     if wanted and not args.no_baseline:
         try:
@@ -73,7 +74,7 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, s
             notes.append("timm is not installed: timm baselines (nf_resnet50, resnet50) not measured")
         else:
             for t in dict.fromkeys(wanted.values()):
-                models[f"timm:{t}"] = timm.create_model(t, num_classes=args.num_classes)
+                models[f"timm:{t}"] = timm.create_model(t, **kwargs)
     if args.deploy:
         models = {n: deploy(m) for n, m in models.items()}
         notes.append("deploy mode: normfree.deploy() on every model (BN twins: BN folded into convs "
