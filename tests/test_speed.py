@@ -148,3 +148,12 @@ def test_mid_branch_se_block_folded_and_deployed(act):
     block.eval()
     with torch.no_grad():
         torch.testing.assert_close(normfree.deploy(block)(x), block(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["relu", "silu", "relu6"])
+def test_models_with_inplace_activations_still_pickle(tmp_path, act):
+    model = normfree.create_model("nf_cifar_resnet20", width=0.25, activation=act)
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))

@@ -45,10 +45,20 @@ _TABLE: dict[str, tuple[Activation, float]] = {
     "log_sigmoid": (F.logsigmoid, 1.9193484783172607),
     "log_softmax": (_log_softmax, 1.0002083778381348),
 }
+
+
+def _relu6_(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x, inplace=True)
+
+
+def _silu_(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=True)
+
+
 # In-place twins, used by the folded block path on tensors that nothing else reads (fresh conv outputs).
+# Named functions, not lambdas, so that whole models still pickle.
 _INPLACE: dict[str, Activation] = {
-    "relu": F.relu_, "relu6": lambda x: F.relu6(x, inplace=True), "elu": F.elu_,
-    "leaky_relu": F.leaky_relu_, "silu": lambda x: F.silu(x, inplace=True),
+    "relu": F.relu_, "relu6": _relu6_, "elu": F.elu_, "leaky_relu": F.leaky_relu_, "silu": _silu_,
 }
 _ALIASES = {"swish": "silu", "gelu_tanh": "gelu", "soft_sign": "softsign", "linear": "identity"}
 
