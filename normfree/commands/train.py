@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..cli import UserError
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
 
 
 def _parse_bool(text: str) -> bool:
@@ -28,7 +29,8 @@ def _field_type(f: dataclasses.Field) -> Any:
     return float if t == "float" else str
 
 
-def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: --config YAML, else the --resume checkpoint's, else defaults; flags override."""
     from ..train.checkpoint import load_checkpoint
     from ..train.config import TrainConfig
 

@@ -6,6 +6,7 @@ batch as a single process and each rank takes its slice.
 """
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,8 @@ class FolderData:
     small = False
 
     def __init__(self, root: Path, size: int, classes: list[str] | None = None) -> None:
-        try:
-            from PIL import Image  # noqa: F401
-        except ImportError:
-            raise UserError("ImageFolder data needs Pillow: pip install 'normfree[images]'") from None
+        if importlib.util.find_spec("PIL") is None:  # fail before training starts, not at the first batch
+            raise UserError("ImageFolder data needs Pillow: pip install 'normfree[images]'")
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         self.classes = classes or found
         if not self.classes:

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,8 @@ class Trainer:
         self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                    momentum=cfg.momentum, nesterov=cfg.nesterov)
         head = getattr(self.model, "fc", None)
+        if head is None and cfg.agc_clip > 0:
+            warnings.warn(f"{cfg.model} has no .fc classifier: AGC will clip every parameter", stacklevel=2)
         self.agc_specs = agc_params(self.model, exclude=(head,) if head is not None else ())
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step, self.best_top1 = 0, -1.0
