@@ -1,4 +1,5 @@
 """Training loop: exact resume, Ctrl-C, NaN stop, bad input, CLI train/eval (tiny models, synthetic data)."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,16 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert "raw: top-1" in text and "ema: top-1" in text
     assert main(["train", "--data", "npz:/missing", "--out-dir", str(out)]) == 2
     assert main(["eval", str(out / "nope.safetensors")]) == 2
+
+
+CIFAR_NPZ = Path("/work/shared/data/cifar10_jpeg")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CIFAR_NPZ / "train.npz").is_file(), reason="shared CIFAR-10 npz not present")
+def test_cifar10_npz_few_steps(tmp_path):
+    cfg = TrainConfig(model="nf_cifar_resnet20", data=f"npz:{CIFAR_NPZ}", out_dir=str(tmp_path / "c10"),
+                      train_subset=1024, test_subset=500, epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.5)
+    summary = Trainer(cfg).fit()
+    assert summary["steps"] == 48 and math.isfinite(summary["test_loss"])
+    assert summary["test_top1"] > 15  # chance is 10%
