@@ -185,3 +185,12 @@ def test_cifar10_npz_few_steps(tmp_path):
     summary = Trainer(cfg).fit()
     assert summary["steps"] == 48 and math.isfinite(summary["test_loss"])
     assert summary["test_top1"] > 15  # chance is 10%
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(tmp_path):
+    kw = dict(epochs=1, mixup=0.0, ema_decay=0.0, model_kwargs={"width": 0.25, "stochdepth_rate": 0.0})
+    eager, compiled = Trainer(tiny_cfg(tmp_path / "e", **kw)), Trainer(tiny_cfg(tmp_path / "c", compile=True, **kw))
+    eager.fit(), compiled.fit()
+    for (n, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5, msg=n)
