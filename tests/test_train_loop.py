@@ -153,10 +153,12 @@ def test_empty_and_corrupt_image_folders(tmp_path):
             pil.fromarray(np.full((20, 24, 3), 30 * i, np.uint8)).save(root / cls / f"{i}.png")
     cfg = tiny_cfg(tmp_path, data=f"imagefolder:{root}", image_size=16, train_subset=0, test_subset=0,
                    batch_size=8, epochs=1)
-    summary = Trainer(cfg).fit()  # random-resized crops of 20x24 images to 16x16
+    with pytest.warns(UserWarning, match="no val/ folder"):
+        trainer = Trainer(cfg)
+    summary = trainer.fit()  # random-resized crops of 20x24 images to 16x16
     assert summary["steps"] == 2 and 0 <= summary["test_top1"] <= 100
     (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
+    with pytest.raises(UserError, match="cannot read image .*broken.jpg"), pytest.warns(UserWarning):
         Trainer(tiny_cfg(tmp_path, **{**cfg.to_dict(), "batch_size": 17})).fit()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,8 @@ def load_data(spec: str, split: str, subset: int = 0, size: int = 224,
         raise UserError(f"data folder {path!r} does not exist")
     if kind == "imagefolder":
         sub = root / ("train" if split == "train" else "val")
+        if not sub.is_dir() and split != "train":
+            warnings.warn(f"{root} has no val/ folder: evaluating on the training images", stacklevel=2)
         return FolderData(sub if sub.is_dir() else root, size, classes)
     data = _npz(root, split) if kind == "npz" else _cifar(root, split, kind == "cifar100")
     if len(data) == 0:
