@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("demo", "models", "spp", "convert", "bench")
+SUBCOMMANDS = ("demo", "models", "spp", "train", "eval", "convert", "bench")
 """Modules of :mod:`normfree.commands`; each defines ``add_parser(subparsers)`` that sets ``func``."""
 
 

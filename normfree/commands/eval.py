@@ -1,0 +1,55 @@
+"""``normfree eval``: top-1/top-5 of a checkpoint's raw and EMA weights."""
+from __future__ import annotations
+
+import argparse
+import copy
+
+from ..cli import UserError
+
+
+def evaluate_checkpoint(path: str, data: str | None = None, subset: int = 0, device: str = "auto",
+                        batch_size: int = 256) -> dict[str, dict[str, float]]:
+    """Evaluate ``path`` on its training run's test split (or on ``data``); keys ``raw`` and ``ema``."""
+    import torch
+
+    from ..train.checkpoint import load_checkpoint, split_prefix
+    from ..train.data import load_data
+    from ..train.distributed import resolve_device
+    from ..train.trainer import build_model, evaluate
+
+    tensors, meta = load_checkpoint(path)
+    cfg = meta.get("config", {})
+    dev = resolve_device(device)
+    model = build_model(meta["model"], meta["num_classes"], meta["in_chans"], meta.get("model_kwargs", {}))
+    size = cfg.get("image_size") or getattr(model, "input_size", 224)
+    test = load_data(data or cfg.get("data", "demo"), "test", subset, size, classes=meta.get("classes"))
+    if int(test.y.max()) >= meta["num_classes"]:
+        raise UserError(f"{test.name} has labels up to {int(test.y.max())} but the checkpoint's model has "
+                        f"{meta['num_classes']} classes")
+    mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)
+    results = {}
+    for kind in ("model", "ema"):
+        weights = split_prefix(tensors, kind)
+        if weights:
+            net = copy.deepcopy(model)
+            net.load_state_dict(weights)
+            results["raw" if kind == "model" else "ema"] = evaluate(net.to(dev), test, mean, std, dev,
+                                                                    batch_size, desc=f"eval {kind}")
+    return results
+
+
+def _run(args: argparse.Namespace) -> None:
+    results = evaluate_checkpoint(args.checkpoint, args.data, args.subset, args.device, args.batch_size)
+    for kind, r in results.items():
+        print(f"{kind:>4}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint (raw and EMA weights)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by normfree train")
+    p.add_argument("--data", help="data spec (default: the one the checkpoint was trained on)")
+    p.add_argument("--subset", type=int, default=0, help="first N test images only (0 = all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_run)

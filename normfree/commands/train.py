@@ -1,0 +1,67 @@
+"""``normfree train``: every :class:`~normfree.train.config.TrainConfig` field is a flag; ``--config`` a YAML."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _field_type(f: dataclasses.Field) -> Any:
+    t = str(f.type)
+    if t.startswith("dict"):
+        return json.loads
+    if t == "bool":
+        return _parse_bool
+    if t.startswith("int"):
+        return int
+    return float if t == "float" else str
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: --config YAML, else the --resume checkpoint's, else defaults; flags override."""
+    from ..train.checkpoint import load_checkpoint
+    from ..train.config import TrainConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    if args.config:
+        return TrainConfig.from_yaml(args.config, **overrides)
+    if args.resume:  # continue with the checkpoint's recipe unless flags say otherwise
+        saved = load_checkpoint(args.resume)[1].get("config", {})
+        return TrainConfig.from_dict({**saved, **overrides})
+    return TrainConfig.from_dict(overrides)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ..train.trainer import Trainer
+
+    summary = Trainer(config_from_args(args), resume=args.resume).fit()
+    keys = ("model", "steps", "wall_time_s", "test_top1", "test_top5", "ema_test_top1", "best_top1")
+    print("summary: " + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
+                                  f"{k}={summary[k]}" for k in keys if k in summary))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..train.config import TrainConfig
+
+    p = sub.add_parser("train", help="train a model (flags, a YAML --config, torchrun for DDP)",
+                       description="Train a model. Flags override --config values; see docs/training.md.")
+    p.add_argument("--config", help="YAML file with TrainConfig keys")
+    p.add_argument("--resume", help="checkpoint (.safetensors) to continue from exactly")
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,
+                       metavar=f.name.split("_")[-1].upper(), help=f"(default: {default})")
+    p.set_defaults(func=_run)

@@ -1,0 +1,6 @@
+"""Training engine: config, data, AGC, optimizer/EMA/schedule, loop, checkpoints, DDP (docs/training.md)."""
+from .agc import agc_params, clip_grad_agc_
+from .config import TrainConfig
+from .trainer import Trainer, evaluate
+
+__all__ = ["TrainConfig", "Trainer", "agc_params", "clip_grad_agc_", "evaluate"]

@@ -1,0 +1,89 @@
+"""One dataclass behind the CLI flags, the YAML file and the Python API."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cli import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Defaults: a CIFAR-scale SGD-Nesterov recipe (nf_architecture.md §4.2)."""
+
+    model: str = "nf_cifar_resnet20"
+    data: str = "demo"            # demo | synthetic | cifar10:DIR | cifar100:DIR | npz:DIR | imagefolder:DIR
+    out_dir: str = "runs/train"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # forwarded to create_model
+    num_classes: int | None = None  # None: taken from the data; if given, must match the data
+    image_size: int | None = None   # ImageFolder crop size (default: the model's input_size)
+    train_subset: int = 0           # use only the first N training examples (0 = all)
+    test_subset: int = 0
+    epochs: int = 10
+    batch_size: int = 128           # global batch per optimizer step (all ranks, all accumulation steps)
+    accum_steps: int = 1
+    lr: float = 0.1                 # peak learning rate (no automatic batch-size scaling)
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4      # not applied to gains, biases, skip gains or other ≤1-D parameters
+    label_smoothing: float = 0.0
+    agc_clip: float = 0.0           # 0 = off; 0.01 is the NFNet value at batch 4096
+    agc_eps: float = 1e-3
+    ema_decay: float = 0.0          # 0 = off; official warm-up min(decay, (1+t)/(10+t))
+    augment: bool = True            # pad-crop + flip (small images) / random-resized-crop + flip (folders)
+    mixup: float = 0.0              # Beta(a, a) parameter; 0 = off
+    cutmix: float = 0.0             # Beta(a, a) parameter; 0 = off (with mixup too: half the steps each)
+    seed: int = 0
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    amp: bool = True                # bf16 autocast on GPU (never on CPU)
+    channels_last: bool = True      # on GPU only
+    compile: bool = False
+    eval_every: int = 1             # epochs
+    log_every: int = 20             # steps
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),
+                  (self.accum_steps >= 1, "accum_steps must be >= 1"), (self.lr > 0, "lr must be > 0"),
+                  (self.batch_size % self.accum_steps == 0, "batch_size must be divisible by accum_steps"),
+                  (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+                  (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+                  (self.agc_clip >= 0, "agc_clip must be >= 0"), (self.warmup_epochs >= 0, "warmup_epochs >= 0")]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise UserError("invalid training config: " + "; ".join(bad))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Load a YAML mapping; ``overrides`` (e.g. from command-line flags) win over the file."""
+        import yaml
+
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"config file {path} must hold a mapping of keys to values")
+        return cls.from_dict({**values, **overrides})
+
+    def save_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

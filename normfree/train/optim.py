@@ -1,0 +1,57 @@
+"""Optimizer parameter groups, the warmup + cosine schedule, and the EMA of weights."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("gain", "bias", "skip_gain")
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Gains, biases, skip gains and other ≤1-D (after squeeze) parameters get no weight decay,
+    as the official ``_make_opt`` (names containing 'gain'/'bias', scale/offset/b)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return sum(s > 1 for s in param.shape) <= 1 or any(k in leaf for k in NO_DECAY_NAMES)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two SGD groups: decayed weights and non-decayed gains/biases (empty groups dropped)."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if no_weight_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
+    """Official ``WarmupCosineDecay``: linear 0 → peak over the warmup, then cosine to ``min_lr``."""
+    if step < warmup_steps:
+        return peak * step / warmup_steps  # official: starts at exactly 0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class ModelEMA:
+    """Exponential moving average of parameters and buffers with the official (``tf1_ema``) warm-up
+    ``d = min(decay, (1 + step) / (10 + step))``, kept in fp32."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                      for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        current = model.state_dict()
+        floats = [k for k, v in self.state.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.state[k] for k in floats], [current[k].float() for k in floats], 1 - d)
+        for k, v in self.state.items():
+            if not v.is_floating_point():
+                v.copy_(current[k])
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.state)
