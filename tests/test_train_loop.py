@@ -196,3 +196,31 @@ def test_torch_compile_matches_eager(tmp_path):
     eager.fit(), compiled.fit()
     for (n, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_spp_every_records_history_and_continues_on_resume(tmp_path):
+    from normfree.analysis.spp import load_json
+    cfg = tiny_cfg(tmp_path, spp_every=3, ema_decay=0.0)  # 4 steps per epoch
+    Trainer(cfg).fit(until_epoch=1)
+    history = tmp_path / "run" / "spp" / "spp_history.json"
+    assert [r.step for r in load_json(history)] == [0, 3]
+    Trainer(cfg, resume=tmp_path / "run" / "last.safetensors").fit()
+    records = load_json(history)
+    assert [r.step for r in records] == [0, 3, 6]
+    assert all(len(r.var) == 9 and all(math.isfinite(v) for v in r.var) for r in records)
+
+
+def test_spp_recording_does_not_change_training(tmp_path):
+    plain = tiny_cfg(tmp_path / "a", epochs=1)
+    recorded = tiny_cfg(tmp_path / "b", epochs=1, spp_every=2)
+    Trainer(plain).fit()
+    Trainer(recorded).fit()
+    _assert_identical(_weights(Path(plain.out_dir) / "last.safetensors"),
+                      _weights(Path(recorded.out_dir) / "last.safetensors"))
+
+
+def test_train_help_documents_fields(capsys):
+    assert "0 = off" in TrainConfig.field_help()["agc_clip"]
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "Signal propagation of one fixed batch" in capsys.readouterr().out
