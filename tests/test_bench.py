@@ -20,6 +20,8 @@ def test_cli_bench_adds_bn_twin_and_writes_json(tmp_path, capsys):
     for r in record["results"]:
         assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
         assert r["peak_step_bytes"] > 0 and r["resident_bytes"] > 0
+        assert len(r["round_images_per_s"]) == 2
+        assert min(r["round_images_per_s"]) == r["images_per_s_min"]
 
 
 def test_cli_bench_deploy_infer_compiled(capsys):

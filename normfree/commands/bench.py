@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 
 import torch
 from torch import nn
@@ -103,7 +104,9 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
 
 
 def _ratios(r: BenchResult, base: BenchResult) -> str:
-    return f"{r.ratio(base):6.3f}x {r.peak_step_bytes / base.peak_step_bytes:6.3f}x  vs {base.name}"
+    paired = r.round_ratios(base)
+    return (f"{r.ratio(base):6.3f}x {statistics.median(paired):6.3f}x [{min(paired):5.3f}, "
+            f"{max(paired):5.3f}] {r.peak_step_bytes / base.peak_step_bytes:6.3f}x  vs {base.name}")
 
 
 def _row(r: BenchResult, base: BenchResult | None) -> str:
@@ -131,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
           f"channels_last={cfg.use_channels_last} bf16={cfg.use_amp} compile={cfg.compile} "
           f"threads={torch.get_num_threads()} repeats={cfg.repeats}x{cfg.steps} steps")
     print(f"{'model':24s} {'img/s':>9s} {'[min, max]':>20s} {'lat ms':>9s} {'peak MiB':>9s}"
-          f" {'res MiB':>9s}  {'speed':>7s} {'memory':>7s}  (ratios vs baseline)")
+          f" {'res MiB':>9s}  {'speed':>7s} {'paired [min, max]':>21s} {'memory':>7s}  (ratios vs baseline;"
+          " paired = median of per-round ratios)")
     for name, r in results.items():
         bases = [results[b] for b in baseline.get(name, [])]
         line = _row(r, bases[0] if bases else None)
