@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
@@ -32,10 +32,15 @@ class BenchResult:
     latency_ms: float
     peak_step_bytes: int
     resident_bytes: int
+    round_images_per_s: list[float] = field(default_factory=list)  # in round order
 
     def ratio(self, baseline: "BenchResult") -> float:
         """Throughput relative to ``baseline`` (medians)."""
         return self.images_per_s / baseline.images_per_s
+
+    def round_ratios(self, baseline: "BenchResult") -> list[float]:
+        """Throughput relative to ``baseline`` round by round: adjacent in time, so paired under load."""
+        return [a / b for a, b in zip(self.round_images_per_s, baseline.round_images_per_s)]
 
 
 @dataclass(frozen=True)
@@ -153,5 +158,5 @@ def run_benchmark(models: dict[str, nn.Module], cfg: BenchConfig,
         rates = [cfg.batch / t for t in times[name]]
         results.append(BenchResult(name, statistics.median(rates), min(rates), max(rates),
                                    1e3 * statistics.median(times[name]),
-                                   step_peak_memory(step, device), resident))
+                                   step_peak_memory(step, device), resident, rates))
     return results

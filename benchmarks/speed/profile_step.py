@@ -3,6 +3,7 @@
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/speed/profile_step.py nf_resnet50 --batch 16 --size 128
+    # with timm installed, also profile timm models: --timm nf_resnet50 --timm resnet50
 """
 from __future__ import annotations
 
@@ -22,11 +23,17 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--deploy", action="store_true")
     p.add_argument("--rows", type=int, default=14)
+    p.add_argument("--timm", action="append", default=[], metavar="NAME", help="also a timm model")
     args = p.parse_args()
     cfg = BenchConfig(mode=args.mode, batch=args.batch, size=args.size)
-    for name in (args.model, "bn_" + args.model.removeprefix("nf_")):
-        model = normfree.create_model(name)
-        if args.deploy:
+    names = [args.model, "bn_" + args.model.removeprefix("nf_"), *(f"timm:{t}" for t in args.timm)]
+    for name in names:
+        if name.startswith("timm:"):
+            import timm
+            model = timm.create_model(name[5:])
+        else:
+            model = normfree.create_model(name)
+        if args.deploy and not name.startswith("timm:"):
             model = normfree.deploy(model)
         step, _ = make_step(model, cfg)
         step()  # warm-up

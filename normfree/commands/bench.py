@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
 import os
 import platform
+import statistics
 
 import torch
 from torch import nn
@@ -50,8 +52,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
 
 
-def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, str], list[str]]:
-    """(name → model, name → its baseline's name, notes)."""
+def _deploy_foreign(model: nn.Module) -> nn.Module:
+    """Eval copy of a model normfree.deploy does not know (timm): conv→BatchNorm pairs folded by torch.fx.
+
+    This makes timm's resnet50 a BN-folded baseline; timm's NF convs keep standardizing per call (timm
+    has no deploy mode).
+    """
+    model = copy.deepcopy(model).eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+    return fuse(model, inplace=True)
+
+
+def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, list[str]], list[str]]:
+    """(name → model, name → its baselines' names, the first one printed in its row, notes)."""
     known = set(list_models())
     unknown = [m for m in args.models if m not in known]
     if unknown:
@@ -61,7 +76,7 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, s
         for name in args.models:
             twin = "bn_" + name[3:]
             if name.startswith("nf_") and twin in known:
-                baseline[name] = twin
+                baseline[name] = [twin]
                 if twin not in names:
                     names.append(twin)
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
@@ -73,22 +88,32 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, s
         except ImportError:
             notes.append("timm is not installed: timm baselines (nf_resnet50, resnet50) not measured")
         else:
-            for t in dict.fromkeys(wanted.values()):
-                models[f"timm:{t}"] = timm.create_model(t, **kwargs)
+            for name in args.models:
+                for t in TIMM_BASELINES.get(name, ()):
+                    baseline.setdefault(name, []).append(f"timm:{t}")
+                    if f"timm:{t}" not in models:
+                        models[f"timm:{t}"] = timm.create_model(t, **kwargs)
+            notes.append(f"timm {timm.__version__} models built with timm's defaults")
     if args.deploy:
-        models = {n: deploy(m) for n, m in models.items()}
+        models = {n: _deploy_foreign(m) if n.startswith("timm:") else deploy(m) for n, m in models.items()}
         notes.append("deploy mode: normfree.deploy() on every model (BN twins: BN folded into convs "
                      "where it follows one)"
-                     + ("; timm models deployed too" if any(n.startswith("timm:") for n in models) else ""))
+                     + ("; timm models: eval copies with conv->BN folded by torch.fx (timm's NF convs "
+                        "still standardize per call)" if any(n.startswith("timm:") for n in models) else ""))
     return models, baseline, notes
+
+
+def _ratios(r: BenchResult, base: BenchResult) -> str:
+    paired = r.round_ratios(base)
+    return (f"{r.ratio(base):6.3f}x {statistics.median(paired):6.3f}x [{min(paired):5.3f}, "
+            f"{max(paired):5.3f}] {r.peak_step_bytes / base.peak_step_bytes:6.3f}x  vs {base.name}")
 
 
 def _row(r: BenchResult, base: BenchResult | None) -> str:
     mib = 2**20
-    ratio = (f"{r.ratio(base):6.3f}x {r.peak_step_bytes / base.peak_step_bytes:6.3f}x"
-             if base else f"{'':7s} {'':7s}")
     return (f"{r.name:24s} {r.images_per_s:9.2f} [{r.images_per_s_min:8.2f}, {r.images_per_s_max:8.2f}]"
-            f" {r.latency_ms:9.1f} {r.peak_step_bytes / mib:9.1f} {r.resident_bytes / mib:9.1f}  {ratio}")
+            f" {r.latency_ms:9.1f} {r.peak_step_bytes / mib:9.1f} {r.resident_bytes / mib:9.1f}  "
+            + (_ratios(r, base) if base else ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,10 +134,14 @@ def run(args: argparse.Namespace) -> int:
           f"channels_last={cfg.use_channels_last} bf16={cfg.use_amp} compile={cfg.compile} "
           f"threads={torch.get_num_threads()} repeats={cfg.repeats}x{cfg.steps} steps")
     print(f"{'model':24s} {'img/s':>9s} {'[min, max]':>20s} {'lat ms':>9s} {'peak MiB':>9s}"
-          f" {'res MiB':>9s}  {'speed':>7s} {'memory':>7s}  (ratios vs baseline)")
+          f" {'res MiB':>9s}  {'speed':>7s} {'paired [min, max]':>21s} {'memory':>7s}  (ratios vs baseline;"
+          " paired = median of per-round ratios)")
     for name, r in results.items():
-        base = results.get(baseline.get(name, ""))
-        print(_row(r, base) + (f"  vs {base.name}" if base else ""))
+        bases = [results[b] for b in baseline.get(name, [])]
+        line = _row(r, bases[0] if bases else None)
+        print(line.rstrip())
+        for base in bases[1:]:
+            print(" " * (len(line) - len(_ratios(r, bases[0]))) + _ratios(r, base))
     for note in notes:
         print(f"note: {note}")
     if args.json:
