@@ -1,6 +1,7 @@
 """normfree: normalizer-free deep networks (NF-ResNet, NF-RegNet, NFNet) for PyTorch."""
 from . import layers, models
+from .deploy import deploy
 from .registry import create_model, list_models, register_model
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "register_model", "layers", "models", "__version__"]
+__all__ = ["deploy", "create_model", "list_models", "register_model", "layers", "models", "__version__"]

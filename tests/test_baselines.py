@@ -362,3 +362,18 @@ def test_baselines_train_one_step():
         loss.backward()
         assert math.isfinite(loss.item()), prefix
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad), prefix
+
+
+@pytest.mark.parametrize("prefix", ["nf", "bn", *BASELINES])
+def test_fast_path_equals_plain_path_for_every_variant(prefix):
+    """The folded fast path computes the same function for every baseline (Fixup's post-sum act too)."""
+    from normfree.models.blocks import set_fast_path
+    torch.manual_seed(0)
+    m = normfree.create_model(f"{prefix}_cifar_resnet20", width=0.5).eval()
+    for p in m.parameters():  # move zero-initialized gains/branches off zero so every path matters
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        fast = m(x)
+        slow = set_fast_path(m, False)(x)
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-6)

@@ -35,7 +35,10 @@ def test_matches_official_formula_on_mixed_layers():
                           nn.Linear(5, 7), nn.Conv1d(2, 3, 1))
     model.register_parameter("gain", nn.Parameter(torch.randn(8, 1, 1, 1)))
     model.register_parameter("skip", nn.Parameter(torch.tensor(0.0)))  # zero norm: eps floor matters
+    model.register_parameter("skip2", nn.Parameter(torch.tensor(0.5)))  # scalars are clipped one by one
+    model.register_parameter("skip3", nn.Parameter(torch.tensor(-2.0)))
     _set_grads(model, scale=0.05)
+    model.skip2.grad, model.skip3.grad = torch.tensor(1.0), torch.tensor(1e-3)
     specs = agc_params(model)
     dims = {id(p): d for p, d in specs}
     assert dims[id(model[0].weight)] == 0 and dims[id(model[1].weight)] == 0

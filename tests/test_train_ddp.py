@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
@@ -27,9 +26,13 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ddp_max_param_diff"] == 0.0  # ranks bit-identical
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    single = Trainer(TrainConfig(**ARGS, out_dir=str(tmp_path / "single")))
-    single.fit()
+    try:
+        single = Trainer(TrainConfig(**ARGS, out_dir=str(tmp_path / "single")))
+        single.fit()
+    finally:
+        torch.set_num_threads(threads)
     ddp_state = load_checkpoint(out / "last.safetensors")[0]
     for name, p in single.model.state_dict().items():
         torch.testing.assert_close(ddp_state[f"model.{name}"], p, rtol=1e-4, atol=1e-6, msg=name)

@@ -1,4 +1,5 @@
 """Training loop: exact resume, Ctrl-C, NaN stop, bad input, CLI train/eval (tiny models, synthetic data)."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -152,10 +153,12 @@ def test_empty_and_corrupt_image_folders(tmp_path):
             pil.fromarray(np.full((20, 24, 3), 30 * i, np.uint8)).save(root / cls / f"{i}.png")
     cfg = tiny_cfg(tmp_path, data=f"imagefolder:{root}", image_size=16, train_subset=0, test_subset=0,
                    batch_size=8, epochs=1)
-    summary = Trainer(cfg).fit()  # random-resized crops of 20x24 images to 16x16
+    with pytest.warns(UserWarning, match="no val/ folder"):
+        trainer = Trainer(cfg)
+    summary = trainer.fit()  # random-resized crops of 20x24 images to 16x16
     assert summary["steps"] == 2 and 0 <= summary["test_top1"] <= 100
     (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
+    with pytest.raises(UserError, match="cannot read image .*broken.jpg"), pytest.warns(UserWarning):
         Trainer(tiny_cfg(tmp_path, **{**cfg.to_dict(), "batch_size": 17})).fit()
 
 
@@ -171,3 +174,53 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert "raw: top-1" in text and "ema: top-1" in text
     assert main(["train", "--data", "npz:/missing", "--out-dir", str(out)]) == 2
     assert main(["eval", str(out / "nope.safetensors")]) == 2
+
+
+CIFAR_NPZ = Path("/work/shared/data/cifar10_jpeg")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CIFAR_NPZ / "train.npz").is_file(), reason="shared CIFAR-10 npz not present")
+def test_cifar10_npz_few_steps(tmp_path):
+    cfg = TrainConfig(model="nf_cifar_resnet20", data=f"npz:{CIFAR_NPZ}", out_dir=str(tmp_path / "c10"),
+                      train_subset=1024, test_subset=500, epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.5)
+    summary = Trainer(cfg).fit()
+    assert summary["steps"] == 48 and math.isfinite(summary["test_loss"])
+    assert summary["test_top1"] > 15  # chance is 10%
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(tmp_path):
+    kw = dict(epochs=1, mixup=0.0, ema_decay=0.0, model_kwargs={"width": 0.25, "stochdepth_rate": 0.0})
+    eager, compiled = Trainer(tiny_cfg(tmp_path / "e", **kw)), Trainer(tiny_cfg(tmp_path / "c", compile=True, **kw))
+    eager.fit(), compiled.fit()
+    for (n, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_spp_every_records_history_and_continues_on_resume(tmp_path):
+    from normfree.analysis.spp import load_json
+    cfg = tiny_cfg(tmp_path, spp_every=3, ema_decay=0.0)  # 4 steps per epoch
+    Trainer(cfg).fit(until_epoch=1)
+    history = tmp_path / "run" / "spp" / "spp_history.json"
+    assert [r.step for r in load_json(history)] == [0, 3]
+    Trainer(cfg, resume=tmp_path / "run" / "last.safetensors").fit()
+    records = load_json(history)
+    assert [r.step for r in records] == [0, 3, 6]
+    assert all(len(r.var) == 9 and all(math.isfinite(v) for v in r.var) for r in records)
+
+
+def test_spp_recording_does_not_change_training(tmp_path):
+    plain = tiny_cfg(tmp_path / "a", epochs=1)
+    recorded = tiny_cfg(tmp_path / "b", epochs=1, spp_every=2)
+    Trainer(plain).fit()
+    Trainer(recorded).fit()
+    _assert_identical(_weights(Path(plain.out_dir) / "last.safetensors"),
+                      _weights(Path(recorded.out_dir) / "last.safetensors"))
+
+
+def test_train_help_documents_fields(capsys):
+    assert "0 = off" in TrainConfig.field_help()["agc_clip"]
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "Signal propagation of one fixed batch" in capsys.readouterr().out

@@ -11,13 +11,13 @@ OUT=benchmarks/cifar10_nf_vs_bn/logs
 COMMON=(--data "$DATA" --train-subset 4000 --test-subset 2000 --epochs 3 --warmup-epochs 1
         --weight-decay 5e-4 --momentum 0.9 --eval-every 3 --log-every 10 --seed "$SEED")
 for BS in ${BATCHES:-128 8}; do
-  LR=${LR:-$(python3 -c "print(0.1 * $BS / 128)")}   # linear lr scaling from 0.1 at batch 128
+  BS_LR=${LR:-$(python3 -c "print(0.1 * $BS / 128)")}   # linear lr scaling from 0.1 at batch 128
   for NET in ${NETS:-nf bn}; do
     RUN=$OUT/${NET}_bs${BS}${TAG:-}_seed${SEED}
     mkdir -p "$RUN"
-    echo "== $RUN lr $LR ${EXTRA:-}: $(date -u)"
+    echo "== $RUN lr $BS_LR ${EXTRA:-}: $(date -u)"
     # shellcheck disable=SC2086
-    .venv/bin/normfree train --model ${NET}_cifar_resnet20 "${COMMON[@]}" --batch-size "$BS" --lr "$LR" \
+    .venv/bin/normfree train --model ${NET}_cifar_resnet20 "${COMMON[@]}" --batch-size "$BS" --lr "$BS_LR" \
         ${EXTRA:-} --out-dir "$RUN" 2>&1 | tr '\r' '\n' | grep -v '%|' > "$RUN/stdout.log"
     tail -1 "$RUN/stdout.log"
   done

@@ -31,11 +31,18 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, (x, y) in curves.items():
-        ax.plot(x, y, label=name, linestyle="-" if name.startswith("nf") else "--")
-    ax.set(xlabel="epoch", ylabel="training loss (logged steps)", title="CIFAR-10, reduced budget (2-core CPU)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, batch in zip(axes, (128, 8)):
+        for name, (x, y) in curves.items():
+            if f"_bs{batch}_" not in name and not name.endswith(f"_bs{batch}"):
+                continue
+            k = max(1, len(y) // 12)  # moving average over ~1/4 epoch: raw per-step losses are noisy
+            smooth = [sum(y[max(0, i - k + 1):i + 1]) / len(y[max(0, i - k + 1):i + 1]) for i in range(len(y))]
+            ax.plot(x, smooth, label=name, linestyle="-" if name.startswith("nf") else "--")
+        ax.set(xlabel="epoch", title=f"batch {batch}: training loss (moving average)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("training loss")
+    fig.suptitle("CIFAR-10, reduced budget: 4000 train images, 3 epochs (2-core CPU)")
     fig.tight_layout()
     fig.savefig(HERE / "loss_curves.png", dpi=110)
 

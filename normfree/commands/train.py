@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..cli import UserError
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
 
 
 def _parse_bool(text: str) -> bool:
@@ -28,7 +29,8 @@ def _field_type(f: dataclasses.Field) -> Any:
     return float if t == "float" else str
 
 
-def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: --config YAML, else the --resume checkpoint's, else defaults; flags override."""
     from ..train.checkpoint import load_checkpoint
     from ..train.config import TrainConfig
 
@@ -58,8 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a model. Flags override --config values; see docs/training.md.")
     p.add_argument("--config", help="YAML file with TrainConfig keys")
     p.add_argument("--resume", help="checkpoint (.safetensors) to continue from exactly")
+    docs = TrainConfig.field_help()
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        doc = docs.get(f.name, "")
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,
-                       metavar=f.name.split("_")[-1].upper(), help=f"(default: {default})")
+                       metavar=f.name.split("_")[-1].upper(),
+                       help=f"{doc} (default: {default})" if doc else f"(default: {default})")
     p.set_defaults(func=_run)

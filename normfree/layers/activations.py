@@ -45,6 +45,21 @@ _TABLE: dict[str, tuple[Activation, float]] = {
     "log_sigmoid": (F.logsigmoid, 1.9193484783172607),
     "log_softmax": (_log_softmax, 1.0002083778381348),
 }
+
+
+def _relu6_(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x, inplace=True)
+
+
+def _silu_(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=True)
+
+
+# In-place twins, used by the folded block path on tensors that nothing else reads (fresh conv outputs).
+# Named functions, not lambdas, so that whole models still pickle.
+_INPLACE: dict[str, Activation] = {
+    "relu": F.relu_, "relu6": _relu6_, "elu": F.elu_, "leaky_relu": F.leaky_relu_, "silu": _silu_,
+}
 _ALIASES = {"swish": "silu", "gelu_tanh": "gelu", "soft_sign": "softsign", "linear": "identity"}
 
 GAMMAS: dict[str, float] = {name: g for name, (_, g) in _TABLE.items()}
@@ -125,11 +140,22 @@ class GammaAct(nn.Module):
         if gamma is None:
             gamma = table_gamma if table_gamma is not None else estimate_gamma(fn)
         self.fn = fn
+        self.fn_ = _INPLACE.get(self.name) if isinstance(act, str) else None
         self.gamma = float(gamma)
         self.scale = float(scale)
 
+    @property
+    def factor(self) -> float:
+        """γ·scale: the scalar that a folded path moves into the following conv's weight."""
+        return self.gamma * self.scale
+
+    def apply_fn(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``fn(x)`` without the scalar; in place when allowed and the function has an in-place form."""
+        return self.fn_(x) if inplace and self.fn_ is not None else self.fn(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x) * (self.gamma * self.scale)
+        y = self.fn(x)
+        return y if self.factor == 1.0 else y * self.factor  # ×1 would still cost a pass
 
     def extra_repr(self) -> str:
         s = f"{self.name}, gamma={self.gamma:.6g}"

@@ -56,6 +56,70 @@ def _static_padding(kernel: tuple[int, int], stride: tuple[int, int],
     return None
 
 
+def _ws_inv_std(var: torch.Tensor, fan_in: int, eps: float, const: float | None) -> torch.Tensor:
+    """Per-channel 1/std: official rsqrt(max(fan_in·var, eps)), or timm's const·rsqrt(var + eps)."""
+    if const is None:
+        return torch.rsqrt(torch.clamp(var * fan_in, min=eps))
+    return torch.rsqrt(var + eps) * const
+
+
+class _ScaledWSFunction(torch.autograd.Function):
+    """Ŵ = (W − μ)·s·gain·scale with a hand-written backward.
+
+    Autograd on the textbook formula keeps W − μ and makes ~8 passes over W-sized tensors per step;
+    weights are small next to activations at large batch, but not at the small batches of CPU training.
+    Backward, with m = s·gain·scale, c = W − μ, G = dL/dŴ and n = fan_in::
+
+        dL/dm = Σ G·c,   dL/dv = dL/dm · gain·scale · ds/dv,
+        dL/dW = m·(G − mean G) + (2/n)·dL/dv·c
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor | float, fan_in: int,
+                eps: float, const: float | None) -> torch.Tensor:
+        with torch.autocast(w.device.type, enabled=False):  # bmm would otherwise run in bf16/fp16
+            mean = w.mean(dim=(1, 2, 3), keepdim=True)
+            out = w - mean
+            rows = _rows(out, out)
+            var = torch.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).view(-1, 1, 1, 1) / fan_in
+        inv_std = _ws_inv_std(var, fan_in, eps, const)
+        q = gain.view(-1, 1, 1, 1) * scale
+        scale_t = scale if isinstance(scale, torch.Tensor) else None  # a float needs no gradient
+        ctx.save_for_backward(w, mean, var, inv_std, q, gain, scale_t)
+        ctx.fan_in, ctx.eps, ctx.const, ctx.scale = fan_in, eps, const, scale
+        return out.mul_(inv_std * q)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        w, mean, var, inv_std, q, gain, scale_t = ctx.saved_tensors
+        scale = ctx.scale if scale_t is None else scale_t
+        n = ctx.fan_in
+        with torch.autocast(grad.device.type, enabled=False):
+            g_rows = _rows(grad.to(w.dtype), w).unsqueeze(1)
+            sum_gw = torch.bmm(g_rows, _rows(w, w).unsqueeze(2)).view(-1, 1, 1, 1)
+        sum_g = grad.sum(dim=(1, 2, 3), keepdim=True)
+        d_m = sum_gw - mean * sum_g  # Σ G·(W − μ)
+        if ctx.const is None:  # s = (n·v)^-1/2 unless clamped at eps
+            ds_dv = torch.where(var * n >= ctx.eps, -0.5 * n * inv_std**3, 0.0)
+        else:  # s = const·(v + eps)^-1/2
+            ds_dv = -0.5 * inv_std**3 / ctx.const**2
+        k = (2.0 / n) * d_m * q * ds_dv
+        m = inv_std * q
+        grad_w = torch.addcmul(-(m * sum_g / n + k * mean), w, k).addcmul_(grad, m)
+        d_q = d_m * inv_std
+        grad_gain = (d_q * scale).view(-1) if ctx.needs_input_grad[1] else None
+        grad_scale = ((d_q * gain.view(-1, 1, 1, 1)).sum()
+                      if scale_t is not None and ctx.needs_input_grad[2] else None)
+        return grad_w, grad_gain, grad_scale, None, None, None
+
+
+def _rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` as (out_channels, fan_in) rows, in ``like``'s memory order: a view when layouts agree
+    (contiguous or channels_last alike), so row dot products cost one read and no copy."""
+    dims = sorted(range(1, like.ndim), key=lambda d: -like.stride(d))
+    return t.permute(0, *dims).reshape(t.shape[0], -1)
+
+
 class ScaledStdConv2d(nn.Conv2d):
     """Conv2d with Scaled Weight Standardization, recomputed from the raw weight on every call.
 
@@ -93,27 +157,41 @@ class ScaledStdConv2d(nn.Conv2d):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def standardized_weight(self) -> torch.Tensor:
-        """Ŵ. Written with plain reductions (no ``std_mean``) so it exports to ONNX."""
+    def standardized_weight(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Ŵ (times ``scale``, folded into the per-channel multiplier at no extra pass over W).
+
+        With gradients enabled this runs :class:`_ScaledWSFunction` (fp32 statistics even under
+        autocast; nothing W-sized kept for backward but W); otherwise
+        :meth:`standardized_weight_reference`.
+        """
+        if (self.gain is not None and torch.is_grad_enabled()
+                and (self.weight.requires_grad or self.gain.requires_grad)):
+            return _ScaledWSFunction.apply(self.weight, self.gain, 1.0 if scale is None else scale,
+                                           self.fan_in, self.eps, self._ws_const)
+        return self.standardized_weight_reference(scale)
+
+    def standardized_weight_reference(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
+        """The textbook formula, with plain reductions (no ``std_mean``) so it exports to ONNX."""
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         centered = w - mean
         var = centered.square().mean(dim=(1, 2, 3), keepdim=True)
-        if self.gain is None:  # plain WS
+        if self.gain is None:  # plain WS (Qiao et al.): unbiased std + eps, no gain
             n = self.fan_in
-            return centered / ((var * (n / max(n - 1, 1))).sqrt() + self.eps)
-        gain = self.gain.view(-1, 1, 1, 1)
-        if self.ws == "official":
-            scale = torch.rsqrt(torch.clamp(var * self.fan_in, min=self.eps))
+            mult = 1.0 / ((var * (n / max(n - 1, 1))).sqrt() + self.eps)
         else:
-            scale = torch.rsqrt(var + self.eps) * (self.gamma / math.sqrt(self.fan_in))
-        return centered * (scale * gain)
+            mult = _ws_inv_std(var, self.fan_in, self.eps, self._ws_const) * self.gain.view(-1, 1, 1, 1)
+        if scale is not None:
+            mult = mult * scale
+        return centered * mult
+
+    @property
+    def _ws_const(self) -> float | None:
+        """None for the official max(fan_in·var, eps); γ/sqrt(fan_in) for timm's (var + eps)."""
+        return None if self.ws == "official" else self.gamma / math.sqrt(self.fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode_same:
-            x = pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return conv_forward(self, x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", pad={self.pad_type}, ws={self.ws}, eps={self.eps:g}"
@@ -135,9 +213,33 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
 class SamePadConv2d(nn.Conv2d):
     """Plain Conv2d with TensorFlow-'SAME' padding computed from the input size."""
 
+    padding_mode_same = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv_forward(self, x)
+
+
+def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight_scale: torch.Tensor | float | None = None,
+                 bias_scale: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``conv(x)`` with the weight multiplied by ``weight_scale`` and the bias by ``bias_scale``.
+
+    This is how scalars that would otherwise cost a pass over a (large) activation are folded into a
+    (small) weight: ``conv(c·x) = conv_{c·W}(x)`` and ``c·conv(x) = conv_{c·W, c·b}(x)``. Works for
+    :class:`ScaledStdConv2d` (the scale rides on its per-channel multiplier), :class:`SamePadConv2d`
+    and plain ``nn.Conv2d``.
+    """
+    if isinstance(conv, ScaledStdConv2d):
+        weight = conv.standardized_weight(weight_scale)
+    else:
+        weight = conv.weight if weight_scale is None else conv.weight * weight_scale
+    bias = conv.bias
+    if bias is not None and bias_scale is not None:
+        bias = bias * bias_scale
+    padding = conv.padding
+    if getattr(conv, "padding_mode_same", False):
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)  # type: ignore[arg-type]
+        padding = 0
+    return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
 class MaxPoolSame(nn.Module):

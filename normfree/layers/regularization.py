@@ -20,15 +20,18 @@ class StochasticDepth(nn.Module):
         self.rate = float(rate)
         self.scale_by_keep = scale_by_keep
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-example multiplier (shape N×1×…), or None when nothing is dropped."""
         if not self.training or self.rate == 0.0:
-            return x
+            return None
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype, device=x.device))
-        if self.scale_by_keep:
-            mask = mask / keep
-        return x * mask
+        return mask / keep if self.scale_by_keep else mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.keep_mask(x)
+        return x if mask is None else x * mask
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.4g}, scale_by_keep={self.scale_by_keep}"

@@ -22,9 +22,10 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Linear(hidden, channels)
         self.gain = float(gain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """``scale`` multiplies the (small) gate, so a block can fold its output scalars in here."""
         h = self.fc1(F.relu(self.fc0(x.mean(dim=(2, 3)))))
-        return x * (torch.sigmoid(h) * self.gain)[:, :, None, None]
+        return x * (torch.sigmoid(h) * (self.gain * scale))[:, :, None, None]
 
     def extra_repr(self) -> str:
         return f"gain={self.gain:g}"

@@ -19,7 +19,7 @@ from ..layers.conv import Padding
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
 from .net import ResNet, named_seq
 from .regnet import grouped_width
-from .variants import Variant, attach_variant_info, lookup
+from .variants import Variant, lookup, variant_model
 
 _F_DEPTHS = {0: (1, 2, 6, 3), 1: (2, 4, 12, 6), 2: (3, 6, 18, 9), 3: (4, 8, 24, 12),
              4: (5, 10, 30, 15), 5: (6, 12, 36, 18), 6: (7, 14, 42, 21), 7: (8, 16, 48, 24)}
@@ -85,10 +85,8 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
 
     stages, expected = build_stages(stem_ch, v.depths, block_fn, alpha, stochdepth_rate)
     final_ch = int(final_conv_mult * stage_out[-1])
-    final = named_seq(conv=layers.conv(stage_out[-1], final_ch, 1), act=layers.act_layer(final_ch))
-    model = ResNet(stem, stages, final, final_ch, num_classes, v.drop_rate, fc_init_std, expected,
-                   input_size=v.test_size)
-    return attach_variant_info(model, v, "resize_crop_32")
+    return variant_model(stem, stages, expected, layers, stage_out[-1], final_ch, v, num_classes,
+                         fc_init_std, "resize_crop_32")
 
 
 def _register() -> None:

@@ -15,7 +15,7 @@ from ..layers import LayerFactory
 from ..layers.conv import Padding
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
 from .net import ResNet, named_seq
-from .variants import Variant, attach_variant_info, lookup
+from .variants import Variant, lookup, variant_model
 
 NF_REGNET_VARIANTS: dict[str, Variant] = {
     "B0": Variant((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2),
@@ -96,10 +96,8 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
     stages, expected = build_stages(stem_ch, v.depths, block_fn, alpha, stochdepth_rate)
     final_ch = (int(1280 * stage_out[-1] // 440) if div is None  # timm scales 1280·w/440 after
                 else rnd(width * (1280 * v.widths[-1] // 440)))
-    final = named_seq(conv=layers.conv(stage_out[-1], final_ch, 1), act=layers.act_layer(final_ch))
-    model = ResNet(stem, stages, final, final_ch, num_classes, v.drop_rate, fc_init_std, expected,
-                   input_size=v.test_size)
-    return attach_variant_info(model, v, "crop_resize")
+    return variant_model(stem, stages, expected, layers, stage_out[-1], final_ch, v, num_classes,
+                         fc_init_std, "crop_resize")
 
 
 def _register() -> None:

@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from torch import nn
 
+from ..layers import LayerFactory
+from .net import ResNet, named_seq
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -50,8 +53,14 @@ def eval_settings(policy: EvalPolicy, size: int, crop_pct: float | None = None,
     }
 
 
-def attach_variant_info(model: nn.Module, variant: Variant, policy: EvalPolicy) -> nn.Module:
-    """Expose ``train_size``, ``test_size`` and ``eval_settings`` on a built model."""
+def variant_model(stem: nn.Module, stages: nn.Sequential, expected: list[float], layers: LayerFactory,
+                  in_ch: int, final_ch: int, variant: Variant, num_classes: int, fc_init_std: float,
+                  policy: EvalPolicy) -> ResNet:
+    """The NF-RegNet/NFNet head (1×1 final conv → activation → pool → dropout → classifier) on the
+    given stem and stages, with ``train_size``, ``test_size`` and ``eval_settings`` exposed."""
+    final = named_seq(conv=layers.conv(in_ch, final_ch, 1), act=layers.act_layer(final_ch))
+    model = ResNet(stem, stages, final, final_ch, num_classes, variant.drop_rate, fc_init_std, expected,
+                   input_size=variant.test_size)
     model.train_size = variant.train_size
     model.test_size = variant.test_size
     model.eval_settings = eval_settings(policy, variant.test_size)

@@ -94,20 +94,18 @@ def clip_grad_agc_(parameters: ParamSpec | Iterable[ParamSpec], clip: float = 0.
         groups[(tuple(p.shape), dim, p.dtype, p.device)].append(p)
     clipped, units = [], 0
     for (shape, dim, _, _), params in groups.items():
-        grads = [p.grad for p in params]
+        grads, k = [p.grad for p in params], len(params)
+        n_units = 1 if dim is None else shape[dim]
         w, g = torch.stack(params), torch.stack(grads)  # (k, *shape)
-        if dim is None:
-            reduce = tuple(range(1, w.ndim))
-            n_units = 1
-        else:
-            reduce = tuple(d for d in range(1, w.ndim) if d != dim + 1)
-            n_units = shape[dim]
-        w_norm = torch.linalg.vector_norm(w.float(), dim=reduce, keepdim=True).clamp_min_(eps)
-        g_norm = torch.linalg.vector_norm(g.float(), dim=reduce, keepdim=True)
+        if dim is not None:  # unit axis to position 1 (a copy only for ConvTranspose's dim 1)
+            w, g = w.movedim(dim + 1, 1), g.movedim(dim + 1, 1)
+        w_norm = torch.linalg.vector_norm(w.reshape(k, n_units, -1).float(), dim=2).clamp_min_(eps)
+        g_norm = torch.linalg.vector_norm(g.reshape(k, n_units, -1).float(), dim=2)
         max_norm = w_norm * clip
         over = g_norm > max_norm
         scale = torch.where(over, max_norm / g_norm.clamp_min(_GRAD_NORM_FLOOR), torch.ones_like(g_norm))
-        torch._foreach_copy_(grads, list((g * scale.to(g.dtype)).unbind(0)))
+        per_param = (k,) + tuple(n_units if i == dim else 1 for i in range(len(shape)))
+        torch._foreach_mul_(grads, list(scale.to(g.dtype).view(per_param).unbind(0)))  # in place
         clipped.append(over.sum())
-        units += n_units * len(params)
+        units += n_units * k
     return torch.stack(clipped).sum() / units

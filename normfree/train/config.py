@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ class TrainConfig:
     compile: bool = False
     eval_every: int = 1             # epochs
     log_every: int = 20             # steps
+    spp_every: int = 0              # steps; 0 = off. Signal propagation of one fixed batch -> <out_dir>/spp/
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -86,6 +89,13 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise UserError(f"config file {path} must hold a mapping of keys to values")
         return cls.from_dict({**values, **overrides})
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Each field's trailing ``# comment`` in the class source, so one place documents the field
+        for readers of the code and for ``normfree train --help``."""
+        pattern = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.M)
+        return {m.group(1): m.group(2).strip() for m in pattern.finditer(inspect.getsource(cls))}
 
     def save_yaml(self, path: str | Path) -> None:
         import yaml

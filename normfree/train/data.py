@@ -6,7 +6,9 @@ batch as a single process and each rank takes its slice.
 """
 from __future__ import annotations
 
+import importlib.util
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +58,8 @@ class FolderData:
     small = False
 
     def __init__(self, root: Path, size: int, classes: list[str] | None = None) -> None:
-        try:
-            from PIL import Image  # noqa: F401
-        except ImportError:
-            raise UserError("ImageFolder data needs Pillow: pip install 'normfree[images]'") from None
+        if importlib.util.find_spec("PIL") is None:  # fail before training starts, not at the first batch
+            raise UserError("ImageFolder data needs Pillow: pip install 'normfree[images]'")
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         self.classes = classes or found
         if not self.classes:
@@ -200,6 +200,8 @@ def load_data(spec: str, split: str, subset: int = 0, size: int = 224,
         raise UserError(f"data folder {path!r} does not exist")
     if kind == "imagefolder":
         sub = root / ("train" if split == "train" else "val")
+        if not sub.is_dir() and split != "train":
+            warnings.warn(f"{root} has no val/ folder: evaluating on the training images", stacklevel=2)
         return FolderData(sub if sub.is_dir() else root, size, classes)
     data = _npz(root, split) if kind == "npz" else _cifar(root, split, kind == "cifar100")
     if len(data) == 0:

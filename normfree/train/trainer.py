@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from tqdm.auto import tqdm
 
 from ..cli import UserError
 from ..registry import create_model
+from ..analysis import SPPRecorder
+from ..analysis.spp import load_json
 from .agc import agc_params, clip_grad_agc_
 from .checkpoint import load_checkpoint, save_checkpoint, split_prefix
 from .config import TrainConfig
@@ -144,6 +147,8 @@ class Trainer:
         self.opt = torch.optim.SGD(groups, lr=cfg.lr,
                                    momentum=cfg.momentum, nesterov=cfg.nesterov)
         head = getattr(self.model, "fc", None)
+        if head is None and cfg.agc_clip > 0:
+            warnings.warn(f"{cfg.model} has no .fc classifier: AGC will clip every parameter", stacklevel=2)
         self.agc_specs = agc_params(self.model, exclude=(head,) if head is not None else ())
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step, self.best_top1 = 0, -1.0
@@ -154,6 +159,7 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.gpu else None)
         self.net = torch.compile(net) if cfg.compile else net
         self.logger = MetricLogger(self.run_dir, enabled=self.dist.main)
+        self.spp = self._spp_recorder() if cfg.spp_every > 0 and self.dist.main else None
         self._updating = False
 
     # ---- checkpoints -------------------------------------------------------------------------------
@@ -254,6 +260,18 @@ class Trainer:
                                                                   **kw).items()})
         return out
 
+    def _spp_recorder(self) -> SPPRecorder:
+        """SPPs on a fixed batch of 16 normalized training images (the first 16: same across resumes);
+        the history continues from ``spp/spp_history.json`` when resuming."""
+        idx = torch.arange(min(16, len(self.train_data)))
+        x, _ = self.train_data.batch(idx, train=False, gen=step_generator(self.cfg.seed, -1))
+        inputs = to_input(x.to(self.device), self.mean, self.std, self.channels_last)
+        recorder = SPPRecorder(self.cfg.spp_every, inputs=inputs, out_dir=self.run_dir / "spp")
+        history = self.run_dir / "spp" / "spp_history.json"
+        if self.step > 0 and history.exists():
+            recorder.history = [r for r in load_json(history) if r.step is not None and r.step <= self.step]
+        return recorder
+
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to ``cfg.epochs`` (or stop after ``until_epoch`` epochs, for staged runs); return the summary."""
         cfg, spe = self.cfg, self.steps_per_epoch
@@ -261,6 +279,8 @@ class Trainer:
         if self.dist.main and self.step == 0:
             cfg.save_yaml(self.run_dir / "config.yaml")
         start_time, start_step, last = time.perf_counter(), self.step, {}
+        if self.spp is not None and self.step == 0:
+            self.spp(self.model, 0)  # at initialization
         try:
             while self.step < end_epoch * spe:
                 epoch = self.step // spe
@@ -272,6 +292,8 @@ class Trainer:
                 for i in bar:
                     loss, frac = self._train_step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
                     losses.append(loss)
+                    if self.spp is not None:
+                        self.spp(self.model, self.step)
                     if self.step % cfg.log_every == 0 or i == spe - 1:
                         rec = {"kind": "step", "step": self.step, "epoch": epoch, "loss": loss,
                                "lr": self.opt.param_groups[0]["lr"]}

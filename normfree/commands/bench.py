@@ -1,0 +1,157 @@
+"""``normfree bench MODEL...``: training or inference speed and memory against in-process baselines."""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+
+import torch
+from torch import nn
+
+from ..bench import BenchConfig, BenchResult, run_benchmark
+from ..cli import UserError
+from ..deploy import deploy
+from ..registry import create_model, list_models
+
+TIMM_BASELINES = {"nf_resnet50": ("nf_resnet50", "resnet50")}
+"""Our model name → timm models benchmarked beside it when timm is installed."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="images/s, latency and peak memory vs baselines",
+                              description=__doc__)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--train", dest="mode", action="store_const", const="train",
+                      help="forward + backward + SGD step (default)")
+    mode.add_argument("--infer", dest="mode", action="store_const", const="infer",
+                      help="forward under inference_mode, eval mode")
+    p.set_defaults(mode="train", func=run)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224, help="square input resolution")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile every model (default backend: inductor)")
+    p.add_argument("--deploy", action="store_true",
+                   help="--infer on normfree.deploy(model): folded NF nets vs BN-folded twins")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for CUDA, off for CPU")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast; default: on for CUDA, off for CPU")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the model's own")
+    p.add_argument("--no-baseline", action="store_true", help="do not add BN twins / timm models")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+
+
+def _deploy_foreign(model: nn.Module) -> nn.Module:
+    """Eval copy of a model normfree.deploy does not know (timm): conv→BatchNorm pairs folded by torch.fx.
+
+    This makes timm's resnet50 a BN-folded baseline; timm's NF convs keep standardizing per call (timm
+    has no deploy mode).
+    """
+    model = copy.deepcopy(model).eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+    return fuse(model, inplace=True)
+
+
+def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, list[str]], list[str]]:
+    """(name → model, name → its baselines' names, the first one printed in its row, notes)."""
+    known = set(list_models())
+    unknown = [m for m in args.models if m not in known]
+    if unknown:
+        raise UserError(f"unknown model(s) {unknown}; `normfree models` lists all")
+    names, baseline, notes = list(args.models), {}, []
+    if not args.no_baseline:
+        for name in args.models:
+            twin = "bn_" + name[3:]
+            if name.startswith("nf_") and twin in known:
+                baseline[name] = [twin]
+                if twin not in names:
+                    names.append(twin)
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    models = {n: create_model(n, **kwargs) for n in names}
+    wanted = {n: t for n in args.models for t in TIMM_BASELINES.get(n, ())}
+    if wanted and not args.no_baseline:
+        try:
+            import timm
+        except ImportError:
+            notes.append("timm is not installed: timm baselines (nf_resnet50, resnet50) not measured")
+        else:
+            for name in args.models:
+                for t in TIMM_BASELINES.get(name, ()):
+                    baseline.setdefault(name, []).append(f"timm:{t}")
+                    if f"timm:{t}" not in models:
+                        models[f"timm:{t}"] = timm.create_model(t, **kwargs)
+            notes.append(f"timm {timm.__version__} models built with timm's defaults")
+    if args.deploy:
+        models = {n: _deploy_foreign(m) if n.startswith("timm:") else deploy(m) for n, m in models.items()}
+        notes.append("deploy mode: normfree.deploy() on every model (BN twins: BN folded into convs "
+                     "where it follows one)"
+                     + ("; timm models: eval copies with conv->BN folded by torch.fx (timm's NF convs "
+                        "still standardize per call)" if any(n.startswith("timm:") for n in models) else ""))
+    return models, baseline, notes
+
+
+def _ratios(r: BenchResult, base: BenchResult) -> str:
+    paired = r.round_ratios(base)
+    return (f"{r.ratio(base):6.3f}x {statistics.median(paired):6.3f}x [{min(paired):5.3f}, "
+            f"{max(paired):5.3f}] {r.peak_step_bytes / base.peak_step_bytes:6.3f}x  vs {base.name}")
+
+
+def _row(r: BenchResult, base: BenchResult | None) -> str:
+    mib = 2**20
+    return (f"{r.name:24s} {r.images_per_s:9.2f} [{r.images_per_s_min:8.2f}, {r.images_per_s_max:8.2f}]"
+            f" {r.latency_ms:9.1f} {r.peak_step_bytes / mib:9.1f} {r.resident_bytes / mib:9.1f}  "
+            + (_ratios(r, base) if base else ""))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.deploy and args.mode != "infer":
+        raise UserError("--deploy measures inference: add --infer")
+    if min(args.batch, args.size, args.repeats, args.steps) < 1 or args.warmup < 0:
+        raise UserError("--batch, --size, --repeats and --steps must be positive, --warmup >= 0")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models, baseline, notes = _models(args)
+    cfg = BenchConfig(mode=args.mode, batch=args.batch, size=args.size, device=args.device,
+                      compile=args.compile, channels_last=args.channels_last, amp=args.amp,
+                      warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    results = {r.name: r for r in run_benchmark(models, cfg)}
+    print(f"mode={cfg.mode} batch={cfg.batch} size={cfg.size} device={cfg.device} "
+          f"channels_last={cfg.use_channels_last} bf16={cfg.use_amp} compile={cfg.compile} "
+          f"threads={torch.get_num_threads()} repeats={cfg.repeats}x{cfg.steps} steps")
+    print(f"{'model':24s} {'img/s':>9s} {'[min, max]':>20s} {'lat ms':>9s} {'peak MiB':>9s}"
+          f" {'res MiB':>9s}  {'speed':>7s} {'paired [min, max]':>21s} {'memory':>7s}  (ratios vs baseline;"
+          " paired = median of per-round ratios)")
+    for name, r in results.items():
+        bases = [results[b] for b in baseline.get(name, [])]
+        line = _row(r, bases[0] if bases else None)
+        print(line.rstrip())
+        for base in bases[1:]:
+            print(" " * (len(line) - len(_ratios(r, bases[0]))) + _ratios(r, base))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        record = {"args": {k: v for k, v in vars(args).items() if k != "func"},
+                  "config": dataclasses.asdict(cfg),
+                  "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "machine": f"{platform.machine()} {os.cpu_count()} logical CPUs",
+                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "results": [dataclasses.asdict(r) for r in results.values()], "baselines": baseline,
+                  "notes": notes}
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+    return 0
