@@ -48,10 +48,17 @@ def plot_spp(results: SPPResult | Sequence[SPPResult], path: str | Path, title: 
         elif lo > 0:
             ax.set_ylim(0, hi)
     axes[2].axhline(1.0, color="0.5", lw=0.8)
-    axes[1].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    if len(results) <= 3:
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+    else:  # many models: a legend below the panels instead of over the curves
+        ncol = min(5, len(labels))
+        rows = -(-len(labels) // ncol)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.045 * rows + 0.01, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
