@@ -312,3 +312,16 @@ def test_cli_reads_safetensors(tmp_path):
                  str(tmp_path / "w.safetensors"), "--out", str(tmp_path)]) == 0
     assert load_json(tmp_path / "spp.json")[0].expected_var is None
 
+
+
+def test_cli_reads_a_training_checkpoint(tmp_path):
+    from normfree.train.config import TrainConfig
+    from normfree.train.trainer import Trainer
+
+    cfg = TrainConfig(model="nf_cifar_resnet20", data="synthetic", out_dir=str(tmp_path / "run"),
+                      model_kwargs={"width": 0.25}, train_subset=32, test_subset=16, epochs=1,
+                      batch_size=16, eval_batch_size=16)
+    Trainer(cfg).fit()
+    assert main(["spp", "nf_cifar_resnet20:width=0.25,num_classes=4", "--batch", "2", "--checkpoint",
+                 str(tmp_path / "run" / "last.safetensors"), "--out", str(tmp_path / "spp")]) == 0
+    assert (tmp_path / "spp" / "spp.json").is_file()

@@ -34,16 +34,19 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a safetensors file or a torch state dict (optionally under a "state_dict"/"model" key)."""
+    """Load a ``normfree train`` checkpoint (its raw model weights), any other safetensors file, or a
+    torch state dict (optionally under a "state_dict"/"model" key)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise UserError("reading .safetensors needs the safetensors package: pip install safetensors")
+        from safetensors.torch import load_file
+
+        from ..train.checkpoint import load_checkpoint as load_train_checkpoint, split_prefix
+
         state = load_file(str(path))
+        if any(k.startswith("model.") for k in state) and not any(k in model.state_dict() for k in state):
+            state = split_prefix(load_train_checkpoint(path)[0], "model")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("state_dict", "model"):
