@@ -64,14 +64,20 @@ def _ws_inv_std(var: torch.Tensor, fan_in: int, eps: float, const: float | None)
 
 
 class _ScaledWSFunction(torch.autograd.Function):
-    """Ŵ = (W − μ)·s·gain·scale with a hand-written backward.
+    """Ŵ = (W − μ)·m with m = s·gain·scale per output channel, and a hand-written backward.
 
     Autograd on the textbook formula keeps W − μ and makes ~8 passes over W-sized tensors per step;
     weights are small next to activations at large batch, but not at the small batches of CPU training.
-    Backward, with m = s·gain·scale, c = W − μ, G = dL/dŴ and n = fan_in::
 
-        dL/dm = Σ G·c,   dL/dv = dL/dm · gain·scale · ds/dv,
-        dL/dW = m·(G − mean G) + (2/n)·dL/dv·c
+    The backward *is* a BatchNorm backward over the weight viewed as (1, out_channels, fan_in): with
+    X = W − μ, G = dL/dŴ and 1/σ the BatchNorm inverse std (official: v^-1/2, timm: (v + eps)^-1/2)::
+
+        dL/dW = m·(G − mean G − X·mean(G·X)/σ²)       dL/dm = Σ G·X
+
+    so it runs as one fused ``native_batch_norm_backward`` (two sweeps over W, like timm's WS) with
+    BatchNorm weight m·σ. Where the official clamp max(fan_in·v, eps) is active, s does not depend on v
+    and the projection term must vanish: there 1/σ is replaced by a value 10^6 below s·√fan_in, which
+    leaves the projection below 1e-12 of the kept term while m·σ keeps the scale exact.
     """
 
     @staticmethod
@@ -93,31 +99,40 @@ class _ScaledWSFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         w, mean, var, inv_std, q, gain, scale_t = ctx.saved_tensors
         scale = ctx.scale if scale_t is None else scale_t
-        n = ctx.fan_in
-        with torch.autocast(grad.device.type, enabled=False):
-            g_rows = _rows(grad.to(w.dtype), w).unsqueeze(1)
-            sum_gw = torch.bmm(g_rows, _rows(w, w).unsqueeze(2)).view(-1, 1, 1, 1)
-        sum_g = grad.sum(dim=(1, 2, 3), keepdim=True)
-        d_m = sum_gw - mean * sum_g  # Σ G·(W − μ)
-        if ctx.const is None:  # s = (n·v)^-1/2 unless clamped at eps
-            ds_dv = torch.where(var * n >= ctx.eps, -0.5 * n * inv_std**3, 0.0)
-        else:  # s = const·(v + eps)^-1/2
-            ds_dv = -0.5 * inv_std**3 / ctx.const**2
-        k = (2.0 / n) * d_m * q * ds_dv
-        m = inv_std * q
-        grad_w = torch.addcmul(-(m * sum_g / n + k * mean), w, k).addcmul_(grad, m)
-        d_q = d_m * inv_std
+        n, eps = ctx.fan_in, ctx.eps
+        if ctx.const is None:
+            bn_inv = torch.where(var * n >= eps, torch.rsqrt(var), inv_std * (math.sqrt(n) * 1e-6))
+        else:
+            bn_inv = torch.rsqrt(var + eps)
+        want_m = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_rows, grad_m, _ = torch.ops.aten.native_batch_norm_backward(
+            _rows(grad.to(w.dtype), w).unsqueeze(0), _rows(w, w).unsqueeze(0),
+            (inv_std * q / bn_inv).view(-1), None, None, mean.view(-1), bn_inv.view(-1), True, 0.0,
+            [ctx.needs_input_grad[0], want_m, False])
+        grad_w = _unrows(grad_rows[0], w) if ctx.needs_input_grad[0] else None
+        d_q = grad_m.view(-1, 1, 1, 1) * (inv_std / bn_inv) if want_m else None  # Σ G·X·s
         grad_gain = (d_q * scale).view(-1) if ctx.needs_input_grad[1] else None
         grad_scale = ((d_q * gain.view(-1, 1, 1, 1)).sum()
                       if scale_t is not None and ctx.needs_input_grad[2] else None)
         return grad_w, grad_gain, grad_scale, None, None, None
 
 
+def _row_dims(like: torch.Tensor) -> list[int]:
+    """Non-output dims of ``like`` from outermost to innermost in memory."""
+    return sorted(range(1, like.ndim), key=lambda d: -like.stride(d))
+
+
 def _rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``t`` as (out_channels, fan_in) rows, in ``like``'s memory order: a view when layouts agree
-    (contiguous or channels_last alike), so row dot products cost one read and no copy."""
-    dims = sorted(range(1, like.ndim), key=lambda d: -like.stride(d))
-    return t.permute(0, *dims).reshape(t.shape[0], -1)
+    (contiguous or channels_last alike), so row reductions cost one read and no copy."""
+    return t.permute(0, *_row_dims(like)).reshape(t.shape[0], -1)
+
+
+def _unrows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_rows`: a tensor shaped and laid out like ``like``."""
+    dims = _row_dims(like)
+    shaped = rows.view(like.shape[0], *(like.shape[d] for d in dims))
+    return shaped.permute(0, *(1 + dims.index(d) for d in range(1, like.ndim)))
 
 
 class ScaledStdConv2d(nn.Conv2d):
