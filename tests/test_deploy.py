@@ -19,9 +19,12 @@ def test_deploy_logits_match_training_form(key):
     model.eval()
     for b in model.blocks():
         b.drop_path.rate = 0.3  # irrelevant in eval; deploy must not depend on it
+    types = [type(m) for m in model.modules()]
     dep = normfree.deploy(model)
     with torch.no_grad():
         assert _max_rel(dep(x), model(x)) < 1e-5
+        torch.testing.assert_close(model.fuse()(x), dep(x), rtol=0, atol=0)  # the method form
+    assert [type(m) for m in model.modules()] == types  # the source model is left as it was
     assert not any(isinstance(m, ScaledStdConv2d) for m in dep.modules())
     assert all(m.factor == 1.0 for m in dep.modules() if isinstance(m, GammaAct))
     assert all(b.skip_gain is None and b.alpha == 1.0 for b in dep.blocks())

@@ -83,11 +83,10 @@ class _ScaledWSFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor | float, fan_in: int,
                 eps: float, const: float | None) -> torch.Tensor:
-        with torch.autocast(w.device.type, enabled=False):  # bmm would otherwise run in bf16/fp16
+        with torch.autocast(w.device.type, enabled=False):  # statistics stay in fp32 under autocast
             mean = w.mean(dim=(1, 2, 3), keepdim=True)
             out = w - mean
-            rows = _rows(out, out)
-            var = torch.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).view(-1, 1, 1, 1) / fan_in
+            var = torch.linalg.vector_norm(out, dim=(1, 2, 3), keepdim=True).square_() / fan_in
         inv_std = _ws_inv_std(var, fan_in, eps, const)
         q = gain.view(-1, 1, 1, 1) * scale
         scale_t = scale if isinstance(scale, torch.Tensor) else None  # a float needs no gradient

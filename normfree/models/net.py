@@ -50,6 +50,12 @@ class ResNet(nn.Module):
             raise ValueError(f"expected an NCHW batch, got a tensor of shape {tuple(x.shape)}")
         return self.final(self.stages(self.stem(x)))
 
+    def fuse(self) -> "ResNet":
+        """Deploy form: same as ``normfree.deploy(self)`` (a frozen eval copy; ``self`` is untouched)."""
+        from ..deploy import deploy  # deploy imports this module
+
+        return deploy(self)  # type: ignore[return-value]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.forward_features(x).mean(dim=(2, 3))
         return self.fc(self.drop(pooled))

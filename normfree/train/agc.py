@@ -14,7 +14,6 @@ The classifier is excluded *by module* (:func:`agc_params`), never by position i
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Iterable, Union
 
 import torch
@@ -81,31 +80,38 @@ def clip_grad_agc_(parameters: ParamSpec | Iterable[ParamSpec], clip: float = 0.
     unit_dim)`` pairs from :func:`agc_params`. Call it after ``scaler.unscale_(optimizer)`` and after
     backward of the step that updates the weights (so after the DDP all-reduce). Works with any optimizer.
 
-    Vectorized: parameters are grouped by (shape, unit_dim, dtype, device) and each group is clipped
-    with a few batched ops, so the cost does not grow with a per-parameter Python loop.
+    Copy-free: one norm per unit-wise tensor (reduced in place over its fan-in axes, any memory
+    layout), one multi-tensor ``_foreach_norm`` for all whole-tensor parameters, the clipping rule on
+    the concatenated (small) norm vectors, and one ``_foreach_mul_`` to scale the gradients.
     """
     if clip <= 0 or eps < 0:
         raise ValueError(f"clip must be > 0 and eps >= 0, got clip={clip}, eps={eps}")
     specs = _split(parameters)
     if not specs:
         return torch.zeros(())
-    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
-    for p, dim in specs:
-        groups[(tuple(p.shape), dim, p.dtype, p.device)].append(p)
-    clipped, units = [], 0
-    for (shape, dim, _, _), params in groups.items():
-        grads, k = [p.grad for p in params], len(params)
-        n_units = 1 if dim is None else shape[dim]
-        w, g = torch.stack(params), torch.stack(grads)  # (k, *shape)
-        if dim is not None:  # unit axis to position 1 (a copy only for ConvTranspose's dim 1)
-            w, g = w.movedim(dim + 1, 1), g.movedim(dim + 1, 1)
-        w_norm = torch.linalg.vector_norm(w.reshape(k, n_units, -1).float(), dim=2).clamp_min_(eps)
-        g_norm = torch.linalg.vector_norm(g.reshape(k, n_units, -1).float(), dim=2)
-        max_norm = w_norm * clip
-        over = g_norm > max_norm
-        scale = torch.where(over, max_norm / g_norm.clamp_min(_GRAD_NORM_FLOOR), torch.ones_like(g_norm))
-        per_param = (k,) + tuple(n_units if i == dim else 1 for i in range(len(shape)))
-        torch._foreach_mul_(grads, list(scale.to(g.dtype).view(per_param).unbind(0)))  # in place
-        clipped.append(over.sum())
-        units += n_units * k
-    return torch.stack(clipped).sum() / units
+    specs.sort(key=lambda s: s[1] is not None)  # whole-tensor parameters first
+    whole = [p for p, dim in specs if dim is None]
+    w_norms, g_norms = [], []
+    if whole:
+        w_norms.append(torch.stack(torch._foreach_norm([p.detach() for p in whole], 2, dtype=torch.float32)))
+        g_norms.append(torch.stack(torch._foreach_norm([p.grad for p in whole], 2, dtype=torch.float32)))
+    for p, dim in specs[len(whole):]:
+        fan_in = [d for d in range(p.ndim) if d != dim]
+        w_norms.append(torch.linalg.vector_norm(p.detach(), dim=fan_in, dtype=torch.float32))
+        g_norms.append(torch.linalg.vector_norm(p.grad, dim=fan_in, dtype=torch.float32))
+    device = specs[0][0].device
+    w_norm = torch.cat([t.to(device) for t in w_norms]).clamp_min_(eps)
+    g_norm = torch.cat([t.to(device) for t in g_norms])
+    max_norm = w_norm * clip
+    over = g_norm > max_norm
+    scale = torch.where(over, max_norm / g_norm.clamp_min(_GRAD_NORM_FLOOR), torch.ones_like(g_norm))
+    sizes = [1] * len(whole) + [p.shape[dim] for p, dim in specs[len(whole):]]
+    grads, factors = [], []
+    for (p, dim), f in zip(specs, scale.split(sizes)):
+        shape = [1] * p.ndim
+        if dim is not None:
+            shape[dim] = p.shape[dim]
+        grads.append(p.grad)
+        factors.append(f.to(device=p.grad.device, dtype=p.grad.dtype).view(shape))
+    torch._foreach_mul_(grads, factors)  # in place
+    return over.sum() / over.numel()
