@@ -6,6 +6,7 @@ import torch
 
 import normfree
 from normfree.cli import main
+from normfree.profile import count_params
 
 
 def test_cli_bench_adds_bn_twin_and_writes_json(tmp_path, capsys):
@@ -31,8 +32,22 @@ def test_cli_bench_deploy_infer_compiled(capsys):
     assert rc == 0 and "deploy mode" in capsys.readouterr().out
 
 
+def test_cli_bench_model_options_go_to_the_twin_too(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    rc = main(["bench", "nf_cifar_resnet20:width=0.25,stochdepth_rate=0", "--batch", "2", "--size", "16",
+               "--warmup", "0", "--repeats", "1", "--steps", "1", "--json", str(path)])
+    assert rc == 0 and "vs bn_cifar_resnet20:width=0.25,stochdepth_rate=0" in capsys.readouterr().out
+    record = json.loads(path.read_text())
+    res = {r["name"]: r["resident_bytes"] for r in record["results"]}
+    assert list(res) == ["nf_cifar_resnet20:width=0.25,stochdepth_rate=0",
+                         "bn_cifar_resnet20:width=0.25,stochdepth_rate=0"]
+    small = count_params(normfree.create_model("nf_cifar_resnet20", width=0.25))
+    assert small * 4 < res["nf_cifar_resnet20:width=0.25,stochdepth_rate=0"] < small * 4 * 3  # the width applied
+
+
 @pytest.mark.parametrize("argv", [["bench", "nf_nope"], ["bench", "nf_cifar_resnet20", "--deploy"],
-                                  ["bench", "nf_cifar_resnet20", "--batch", "0"]])
+                                  ["bench", "nf_cifar_resnet20", "--batch", "0"],
+                                  ["bench", "nf_cifar_resnet20:bogus=1"], ["bench", "nf_cifar_resnet20:width"]])
 def test_cli_bench_bad_input_exits_2(argv, capsys):
     assert main(argv) == 2 and "error" in capsys.readouterr().err
 

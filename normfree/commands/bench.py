@@ -17,6 +17,7 @@ from ..bench import BenchConfig, BenchResult, run_benchmark
 from ..cli import UserError
 from ..deploy import deploy
 from ..registry import create_model, list_models
+from .spp import parse_spec
 
 TIMM_BASELINES = {"nf_resnet50": ("nf_resnet50", "resnet50")}
 """Our model name → timm models benchmarked beside it when timm is installed."""
@@ -25,7 +26,9 @@ TIMM_BASELINES = {"nf_resnet50": ("nf_resnet50", "resnet50")}
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="images/s, latency and peak memory vs baselines",
                               description=__doc__)
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="registered name, or NAME:key=value,... (e.g. nf_resnet50:stochdepth_rate=0; "
+                        "the BN twin gets the same options)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--train", dest="mode", action="store_const", const="train",
                       help="forward + backward + SGD step (default)")
@@ -66,33 +69,42 @@ def _deploy_foreign(model: nn.Module) -> nn.Module:
 
 
 def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, list[str]], list[str]]:
-    """(name → model, name → its baselines' names, the first one printed in its row, notes)."""
+    """(spec → model, spec → its baselines' specs, the first one printed in its row, notes)."""
     known = set(list_models())
-    unknown = [m for m in args.models if m not in known]
+    specs = {spec: parse_spec(spec) for spec in args.models}
+    unknown = [spec for spec, (name, _) in specs.items() if name not in known]
     if unknown:
         raise UserError(f"unknown model(s) {unknown}; `normfree models` lists all")
     names, baseline, notes = list(args.models), {}, []
     if not args.no_baseline:
-        for name in args.models:
+        for spec, (name, kwargs) in list(specs.items()):
             twin = "bn_" + name[3:]
             if name.startswith("nf_") and twin in known:
-                baseline[name] = [twin]
-                if twin not in names:
-                    names.append(twin)
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    models = {n: create_model(n, **kwargs) for n in names}
-    wanted = {n: t for n in args.models for t in TIMM_BASELINES.get(n, ())}
+                twin_spec = "bn_" + spec[3:]
+                baseline[spec] = [twin_spec]
+                specs.setdefault(twin_spec, (twin, kwargs))
+                if twin_spec not in names:
+                    names.append(twin_spec)
+    extra = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    models = {}
+    for spec in names:
+        name, kwargs = specs[spec]
+        try:
+            models[spec] = create_model(name, **kwargs, **extra)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"cannot build {spec!r}: {e}") from e
+    wanted = any(TIMM_BASELINES.get(name) for name, _ in specs.values())
     if wanted and not args.no_baseline:
         try:
             import timm
         except ImportError:
             notes.append("timm is not installed: timm baselines (nf_resnet50, resnet50) not measured")
         else:
-            for name in args.models:
-                for t in TIMM_BASELINES.get(name, ()):
-                    baseline.setdefault(name, []).append(f"timm:{t}")
+            for spec in args.models:
+                for t in TIMM_BASELINES.get(specs[spec][0], ()):
+                    baseline.setdefault(spec, []).append(f"timm:{t}")
                     if f"timm:{t}" not in models:
-                        models[f"timm:{t}"] = timm.create_model(t, **kwargs)
+                        models[f"timm:{t}"] = timm.create_model(t, **extra)
             notes.append(f"timm {timm.__version__} models built with timm's defaults")
     if args.deploy:
         models = {n: _deploy_foreign(m) if n.startswith("timm:") else deploy(m) for n, m in models.items()}
@@ -109,9 +121,9 @@ def _ratios(r: BenchResult, base: BenchResult) -> str:
             f"{max(paired):5.3f}] {r.peak_step_bytes / base.peak_step_bytes:6.3f}x  vs {base.name}")
 
 
-def _row(r: BenchResult, base: BenchResult | None) -> str:
+def _row(r: BenchResult, base: BenchResult | None, width: int) -> str:
     mib = 2**20
-    return (f"{r.name:24s} {r.images_per_s:9.2f} [{r.images_per_s_min:8.2f}, {r.images_per_s_max:8.2f}]"
+    return (f"{r.name:{width}s} {r.images_per_s:9.2f} [{r.images_per_s_min:8.2f}, {r.images_per_s_max:8.2f}]"
             f" {r.latency_ms:9.1f} {r.peak_step_bytes / mib:9.1f} {r.resident_bytes / mib:9.1f}  "
             + (_ratios(r, base) if base else ""))
 
@@ -133,12 +145,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"mode={cfg.mode} batch={cfg.batch} size={cfg.size} device={cfg.device} "
           f"channels_last={cfg.use_channels_last} bf16={cfg.use_amp} compile={cfg.compile} "
           f"threads={torch.get_num_threads()} repeats={cfg.repeats}x{cfg.steps} steps")
-    print(f"{'model':24s} {'img/s':>9s} {'[min, max]':>20s} {'lat ms':>9s} {'peak MiB':>9s}"
+    width = max(24, *(len(n) for n in results))
+    print(f"{'model':{width}s} {'img/s':>9s} {'[min, max]':>20s} {'lat ms':>9s} {'peak MiB':>9s}"
           f" {'res MiB':>9s}  {'speed':>7s} {'paired [min, max]':>21s} {'memory':>7s}  (ratios vs baseline;"
           " paired = median of per-round ratios)")
     for name, r in results.items():
         bases = [results[b] for b in baseline.get(name, [])]
-        line = _row(r, bases[0] if bases else None)
+        line = _row(r, bases[0] if bases else None, width)
         print(line.rstrip())
         for base in bases[1:]:
             print(" " * (len(line) - len(_ratios(r, bases[0]))) + _ratios(r, base))
