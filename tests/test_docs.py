@@ -21,13 +21,13 @@ def _blocks() -> list:
     out = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for i, m in enumerate(FENCE.finditer(path.read_text())):
-            out.append(pytest.param(m.group(2), bool(m.group(1)), id=f"{path.name}#{i}"))
+            out.append(pytest.param(f"{path.name}#{i}", m.group(2), bool(m.group(1)), id=f"{path.name}#{i}"))
     return out
 
 
-@pytest.mark.parametrize("code, fragment", _blocks())
-def test_doc_example_runs(code: str, fragment: bool, tmp_path, monkeypatch) -> None:
-    compiled = compile(code, "<doc>", "exec")
+@pytest.mark.parametrize("where, code, fragment", _blocks())
+def test_doc_example_runs(where: str, code: str, fragment: bool, tmp_path, monkeypatch) -> None:
+    compiled = compile(code, where, "exec")
     if fragment:
         return
     for module in OPTIONAL:

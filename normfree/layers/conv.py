@@ -80,25 +80,34 @@ class _ScaledWSFunction(torch.autograd.Function):
     leaves the projection below 1e-12 of the kept term while m·σ keeps the scale exact.
     """
 
+    generate_vmap_rule = True  # torch.func (vmap/grad): per-example gradients, e.g. for DP-SGD
+
     @staticmethod
-    def forward(ctx, w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor | float, fan_in: int,
-                eps: float, const: float | None) -> torch.Tensor:
+    def forward(w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor | float, fan_in: int,
+                eps: float, const: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Ŵ, μ, v): the statistics are returned, not stashed, so that torch.func can transform this."""
         with torch.autocast(w.device.type, enabled=False):  # statistics stay in fp32 under autocast
             mean = w.mean(dim=(1, 2, 3), keepdim=True)
             out = w - mean
             var = torch.linalg.vector_norm(out, dim=(1, 2, 3), keepdim=True).square_() / fan_in
-        inv_std = _ws_inv_std(var, fan_in, eps, const)
-        q = gain.view(-1, 1, 1, 1) * scale
-        scale_t = scale if isinstance(scale, torch.Tensor) else None  # a float needs no gradient
-        ctx.save_for_backward(w, mean, var, inv_std, q, gain, scale_t)
-        ctx.fan_in, ctx.eps, ctx.const, ctx.scale = fan_in, eps, const, scale
-        return out.mul_(inv_std * q)
+        return out.mul_(_ws_inv_std(var, fan_in, eps, const) * (gain.view(-1, 1, 1, 1) * scale)), mean, var
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        w, mean, var, inv_std, q, gain, scale_t = ctx.saved_tensors
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        w, gain, scale, fan_in, eps, const = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        scale_t = scale if isinstance(scale, torch.Tensor) else None  # a float needs no gradient
+        ctx.save_for_backward(w, mean, var, gain, scale_t)
+        ctx.fan_in, ctx.eps, ctx.const, ctx.scale = fan_in, eps, const, scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, *_stats):  # type: ignore[override]
+        w, mean, var, gain, scale_t = ctx.saved_tensors
         scale = ctx.scale if scale_t is None else scale_t
         n, eps = ctx.fan_in, ctx.eps
+        inv_std = _ws_inv_std(var, n, eps, ctx.const)
+        q = gain.view(-1, 1, 1, 1) * scale
         if ctx.const is None:
             bn_inv = torch.where(var * n >= eps, torch.rsqrt(var), inv_std * (math.sqrt(n) * 1e-6))
         else:
@@ -181,7 +190,7 @@ class ScaledStdConv2d(nn.Conv2d):
         if (self.gain is not None and torch.is_grad_enabled()
                 and (self.weight.requires_grad or self.gain.requires_grad)):
             return _ScaledWSFunction.apply(self.weight, self.gain, 1.0 if scale is None else scale,
-                                           self.fan_in, self.eps, self._ws_const)
+                                           self.fan_in, self.eps, self._ws_const)[0]
         return self.standardized_weight_reference(scale)
 
     def standardized_weight_reference(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
