@@ -224,3 +224,15 @@ def test_train_help_documents_fields(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "Signal propagation of one fixed batch" in capsys.readouterr().out
+
+
+def test_grad_checkpointing_trains_the_same_weights(tmp_path):
+    runs = []
+    for flag in (False, True):
+        trainer = Trainer(tiny_cfg(tmp_path / str(flag), epochs=1, grad_checkpointing=flag))
+        assert trainer.model.grad_checkpointing is flag
+        trainer.fit()
+        runs.append(_weights(tmp_path / str(flag) / "run" / "last.safetensors"))
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        torch.testing.assert_close(runs[1][k], runs[0][k], rtol=1e-4, atol=1e-6, msg=k)

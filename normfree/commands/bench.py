@@ -49,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     p.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="--train with every model's blocks recomputed in backward (timm's too)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the model's own")
     p.add_argument("--no-baseline", action="store_true", help="do not add BN twins / timm models")
@@ -106,6 +108,12 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
                     if f"timm:{t}" not in models:
                         models[f"timm:{t}"] = timm.create_model(t, **extra)
             notes.append(f"timm {timm.__version__} models built with timm's defaults")
+    if args.grad_checkpointing:
+        for name, model in models.items():
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise UserError(f"{name} has no set_grad_checkpointing()")
+            model.set_grad_checkpointing(True)
+        notes.append("gradient checkpointing on every model")
     if args.deploy:
         models = {n: _deploy_foreign(m) if n.startswith("timm:") else deploy(m) for n, m in models.items()}
         notes.append("deploy mode: normfree.deploy() on every model (BN twins: BN folded into convs "
@@ -131,6 +139,8 @@ def _row(r: BenchResult, base: BenchResult | None, width: int) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.deploy and args.mode != "infer":
         raise UserError("--deploy measures inference: add --infer")
+    if args.grad_checkpointing and args.mode != "train":
+        raise UserError("--grad-checkpointing only changes training: drop --infer")
     if min(args.batch, args.size, args.repeats, args.steps) < 1 or args.warmup < 0:
         raise UserError("--batch, --size, --repeats and --steps must be positive, --warmup >= 0")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():

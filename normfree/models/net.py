@@ -5,6 +5,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class ResNet(nn.Module):
@@ -39,16 +40,33 @@ class ResNet(nn.Module):
         self.drop_rate = drop_rate
         self.expected_var = expected_var
         self.input_size = input_size
+        self.grad_checkpointing = False
 
     def blocks(self) -> list[nn.Module]:
         """All residual blocks in forward order."""
         return [b for stage in self.stages for b in stage]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> "ResNet":
+        """Recompute each residual block in backward instead of storing its activations.
+
+        Peak training memory then holds one tensor per block plus one block's internals, at the cost of
+        a second forward of every block. Random layers replay the same draws (RNG state is restored), so
+        gradients are unchanged.
+        """
+        self.grad_checkpointing = enable
+        return self
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial features after the final activation (before pooling)."""
         if x.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got a tensor of shape {tuple(x.shape)}")
-        return self.final(self.stages(self.stem(x)))
+        x = self.stem(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.blocks():
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.stages(x)
+        return self.final(x)
 
     def fuse(self) -> "ResNet":
         """Deploy form: same as ``normfree.deploy(self)`` (a frozen eval copy; ``self`` is untouched)."""

@@ -46,6 +46,7 @@ class TrainConfig:
     amp: bool = True                # bf16 autocast on GPU (never on CPU)
     channels_last: bool = True      # on GPU only
     compile: bool = False
+    grad_checkpointing: bool = False  # recompute each block in backward: less memory, one more forward
     eval_every: int = 1             # epochs
     log_every: int = 20             # steps
     spp_every: int = 0              # steps; 0 = off. Signal propagation of one fixed batch -> <out_dir>/spp/

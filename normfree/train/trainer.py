@@ -127,6 +127,10 @@ class Trainer:
                             "num_classes": num_classes, "in_chans": in_chans, "mean": mean, "std": std,
                             "classes": getattr(self.train_data, "classes", None)}
 
+        if cfg.grad_checkpointing:
+            if not hasattr(self.model, "set_grad_checkpointing"):
+                raise UserError(f"{cfg.model} does not support --grad-checkpointing")
+            self.model.set_grad_checkpointing(True)
         self.gpu = self.device.type == "cuda"
         self.channels_last = cfg.channels_last and self.gpu
         if self.channels_last:
