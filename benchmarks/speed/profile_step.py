@@ -22,10 +22,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--deploy", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
     p.add_argument("--rows", type=int, default=14)
     p.add_argument("--timm", action="append", default=[], metavar="NAME", help="also a timm model")
     args = p.parse_args()
-    cfg = BenchConfig(mode=args.mode, batch=args.batch, size=args.size)
+    cfg = BenchConfig(mode=args.mode, batch=args.batch, size=args.size, channels_last=args.channels_last)
     names = [args.model, "bn_" + args.model.removeprefix("nf_"), *(f"timm:{t}" for t in args.timm)]
     for name in names:
         if name.startswith("timm:"):
