@@ -102,7 +102,7 @@ def test_cli_bench_foreign_baselines_with_fake_timm(monkeypatch, capsys):
     assert all(f"vs {b}" in out for b in ("bn_cifar_resnet20", "timm:a", "timm:b")), out
 
     ns = types.SimpleNamespace(models=["nf_cifar_resnet20"], no_baseline=False, num_classes=None,
-                               deploy=True)
+                               deploy=True, grad_checkpointing=False)
     models, baselines, notes = bench._models(ns)
     assert baselines["nf_cifar_resnet20"] == ["bn_cifar_resnet20", "timm:a", "timm:b"]
     folded = models["timm:a"]
