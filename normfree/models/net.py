@@ -1,7 +1,9 @@
 """The network shell shared by every family: stem → residual stages → head."""
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -58,15 +60,42 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial features after the final activation (before pooling)."""
-        if x.ndim != 4:
-            raise ValueError(f"expected an NCHW batch, got a tensor of shape {tuple(x.shape)}")
-        x = self.stem(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks():
-                x = checkpoint(block, x, use_reentrant=False)
-        else:
-            x = self.stages(x)
+        *_, x = self._stage_outputs(self.stem(_check_input(x)))
         return self.final(x)
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps for dense prediction (detection/segmentation backbones), as :attr:`feature_info`:
+        the stem's output, every stage's output, the last one after ``final`` (so it equals
+        :meth:`forward_features`).
+
+        In these pre-activation networks a stage's output is the un-activated residual stream, whose
+        variance grows along the stage (1 + k·α² for NF nets): a decoder should normalize or activate it.
+        """
+        x = self.stem(_check_input(x))
+        feats = [x, *self._stage_outputs(x)]
+        feats[-1] = self.final(feats[-1])
+        return feats
+
+    @property
+    def feature_info(self) -> list[dict[str, int | str]]:
+        """``num_chs``, ``reduction`` (input stride) and ``module`` of each :meth:`forward_intermediates` map."""
+        reduction = math.prod(_stride(m) for m in self.stem.modules())
+        info: list[dict[str, int | str]] = [
+            {"num_chs": self.stages[0][0].in_ch, "reduction": reduction, "module": "stem"}]
+        for i, stage in enumerate(self.stages):
+            reduction *= math.prod(b.stride for b in stage)
+            last = i == len(self.stages) - 1
+            info.append({"num_chs": self.num_features if last else stage[-1].out_ch, "reduction": reduction,
+                         "module": "final" if last else f"stages.{i}"})
+        return info
+
+    def _stage_outputs(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Run the stages (blocks under checkpointing when enabled and training), yielding each output."""
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for stage in self.stages:
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+            yield x
 
     def fuse(self) -> "ResNet":
         """Deploy form: same as ``normfree.deploy(self)`` (a frozen eval copy; ``self`` is untouched)."""
@@ -77,6 +106,18 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.forward_features(x).mean(dim=(2, 3))
         return self.fc(self.drop(pooled))
+
+
+def _check_input(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim != 4:
+        raise ValueError(f"expected an NCHW batch, got a tensor of shape {tuple(x.shape)}")
+    return x
+
+
+def _stride(m: nn.Module) -> int:
+    """A module's spatial stride (square strides only: every stem here), 1 for stride-less modules."""
+    stride = getattr(m, "stride", 1)
+    return stride[0] if isinstance(stride, tuple) else stride
 
 
 def named_seq(**modules: nn.Module) -> nn.Sequential:
