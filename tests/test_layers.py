@@ -146,3 +146,32 @@ def test_squeeze_excite_x2_gain():
     torch.nn.init.zeros_(se.fc1.bias)
     x = torch.randn(2, 8, 3, 3)
     assert torch.allclose(se(x), x)  # sigmoid(0) * 2 = 1
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_ws_conv_1d_3d(dims):
+    from normfree.layers import ScaledStdConv1d, ScaledStdConv3d
+    from normfree.layers.conv import _ScaledWSFunction
+
+    cls = {1: ScaledStdConv1d, 3: ScaledStdConv3d}[dims]
+    torch.manual_seed(0)
+    conv = cls(4, 6, 3, stride=2, groups=2).double()
+    assert conv.fan_in == 2 * 3**dims
+    with torch.no_grad():
+        conv.gain.add_(torch.randn(6, dtype=torch.double) * 0.2)
+        conv.weight[0] = 1e-4  # clamped channel
+    w_hat = conv.standardized_weight()
+    axes = tuple(range(1, dims + 2))
+    assert w_hat.mean(dim=axes).abs().max() < 1e-12
+    torch.testing.assert_close(w_hat[1:].square().sum(dim=axes), conv.gain[1:].square())
+    torch.testing.assert_close(w_hat, conv.standardized_weight_reference())
+    scale = torch.tensor(0.7, dtype=torch.double, requires_grad=True)
+    args = (conv.weight, conv.gain, scale, conv.fan_in, conv.eps, None)
+    assert torch.autograd.gradcheck(lambda *a: _ScaledWSFunction.apply(*a)[0], args)
+    # TF-SAME, 3-tap kernel at stride 2 on even sizes: output size / 2, padded (0, 1) along each axis
+    x = torch.randn((2, 4) + (8,) * dims, dtype=torch.double)
+    conv_fn = {1: F.conv1d, 3: F.conv3d}[dims]
+    ref = conv_fn(F.pad(x, (0, 1) * dims), conv.standardized_weight(), conv.bias, 2, groups=2)
+    out = conv(x)
+    assert out.shape == (2, 6) + (4,) * dims
+    torch.testing.assert_close(out, ref)

@@ -30,29 +30,29 @@ def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> 
     return total // 2, total - total // 2
 
 
-def pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-             dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> torch.Tensor:
-    """Pad an NCHW tensor the way TensorFlow's 'SAME' does (depends on the input size)."""
-    top, bottom = same_pad_amounts(x.shape[-2], kernel[0], stride[0], dilation[0])
-    left, right = same_pad_amounts(x.shape[-1], kernel[1], stride[1], dilation[1])
-    if top or bottom or left or right:
-        x = F.pad(x, (left, right, top, bottom), value=value)
-    return x
+def pad_same(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+             dilation: tuple[int, ...] | None = None, value: float = 0.0) -> torch.Tensor:
+    """Pad the trailing ``len(kernel)`` dims the way TensorFlow's 'SAME' does (depends on the size)."""
+    dilation = dilation or (1,) * len(kernel)
+    pads: list[int] = []
+    for i in reversed(range(len(kernel))):  # F.pad lists the last dim first
+        pads += same_pad_amounts(x.shape[i - len(kernel)], kernel[i], stride[i], dilation[i])
+    return F.pad(x, pads, value=value) if any(pads) else x
 
 
-def _static_padding(kernel: tuple[int, int], stride: tuple[int, int],
-                    dilation: tuple[int, int], padding: Padding) -> tuple[int, int] | None:
+def _static_padding(kernel: tuple[int, ...], stride: tuple[int, ...],
+                    dilation: tuple[int, ...], padding: Padding) -> tuple[int, ...] | None:
     """Fixed symmetric padding where it equals the requested mode for every input size, else None."""
     sym = tuple(((k - 1) * d) // 2 for k, d in zip(kernel, dilation))
     if padding == "symmetric":
-        return sym  # type: ignore[return-value]
+        return sym
     if padding != "same":
         raise ValueError(f"padding must be 'same' or 'symmetric', got {padding!r}")
     # SAME at stride 1 with an odd effective kernel is symmetric; stride 1 kernel 1 is zero padding.
     if all(s == 1 and ((k - 1) * d) % 2 == 0 for k, s, d in zip(kernel, stride, dilation)):
-        return sym  # type: ignore[return-value]
+        return sym
     if all(k == 1 for k in kernel):
-        return (0, 0)  # 1x1 strided: SAME never pads
+        return (0,) * len(kernel)  # 1x1 strided: SAME never pads
     return None
 
 
@@ -86,11 +86,12 @@ class _ScaledWSFunction(torch.autograd.Function):
     def forward(w: torch.Tensor, gain: torch.Tensor, scale: torch.Tensor | float, fan_in: int,
                 eps: float, const: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Ŵ, μ, v): the statistics are returned, not stashed, so that torch.func can transform this."""
+        dims = tuple(range(1, w.ndim))
         with torch.autocast(w.device.type, enabled=False):  # statistics stay in fp32 under autocast
-            mean = w.mean(dim=(1, 2, 3), keepdim=True)
+            mean = w.mean(dim=dims, keepdim=True)
             out = w - mean
-            var = torch.linalg.vector_norm(out, dim=(1, 2, 3), keepdim=True).square_() / fan_in
-        return out.mul_(_ws_inv_std(var, fan_in, eps, const) * (gain.view(-1, 1, 1, 1) * scale)), mean, var
+            var = torch.linalg.vector_norm(out, dim=dims, keepdim=True).square_() / fan_in
+        return out.mul_(_ws_inv_std(var, fan_in, eps, const) * (_per_channel(gain, w) * scale)), mean, var
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
@@ -107,7 +108,7 @@ class _ScaledWSFunction(torch.autograd.Function):
         scale = ctx.scale if scale_t is None else scale_t
         n, eps = ctx.fan_in, ctx.eps
         inv_std = _ws_inv_std(var, n, eps, ctx.const)
-        q = gain.view(-1, 1, 1, 1) * scale
+        q = _per_channel(gain, w) * scale
         if ctx.const is None:
             bn_inv = torch.where(var * n >= eps, torch.rsqrt(var), inv_std * (math.sqrt(n) * 1e-6))
         else:
@@ -118,11 +119,16 @@ class _ScaledWSFunction(torch.autograd.Function):
             (inv_std * q / bn_inv).view(-1), None, None, mean.view(-1), bn_inv.view(-1), True, 0.0,
             [ctx.needs_input_grad[0], want_m, False])
         grad_w = _unrows(grad_rows[0], w) if ctx.needs_input_grad[0] else None
-        d_q = grad_m.view(-1, 1, 1, 1) * (inv_std / bn_inv) if want_m else None  # Σ G·X·s
+        d_q = _per_channel(grad_m, w) * (inv_std / bn_inv) if want_m else None  # Σ G·X·s
         grad_gain = (d_q * scale).view(-1) if ctx.needs_input_grad[1] else None
-        grad_scale = ((d_q * gain.view(-1, 1, 1, 1)).sum()
+        grad_scale = ((d_q * _per_channel(gain, w)).sum()
                       if scale_t is not None and ctx.needs_input_grad[2] else None)
         return grad_w, grad_gain, grad_scale, None, None, None
+
+
+def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """An (out_channels,) vector shaped to broadcast over ``like``'s output-channel axis."""
+    return t.view(-1, *(1,) * (like.ndim - 1))
 
 
 def _row_dims(like: torch.Tensor) -> list[int]:
@@ -143,8 +149,11 @@ def _unrows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return shaped.permute(0, *(1 + dims.index(d) for d in range(1, like.ndim)))
 
 
-class ScaledStdConv2d(nn.Conv2d):
-    """Conv2d with Scaled Weight Standardization, recomputed from the raw weight on every call.
+class _ScaledStdConvNd:
+    """Scaled Weight Standardization for ``nn.Conv1d/2d/3d``, recomputed from the raw weight on every call.
+
+    Statistics are over each output channel's fan-in (every weight axis but the first), whatever the
+    number of spatial dims.
 
     Args:
         padding: ``"same"`` (TensorFlow, asymmetric at stride 2, as the official code) or
@@ -155,18 +164,25 @@ class ScaledStdConv2d(nn.Conv2d):
         eps: overrides the mode's default epsilon.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: Padding = "same",
-                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[int, ...] | str
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] = 1, padding: Padding = "same",
+                 dilation: int | tuple[int, ...] = 1, groups: int = 1, bias: bool = True,
                  ws: Literal["official", "timm", "plain"] = "official", gamma: float = 1.0,
                  eps: float | None = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,  # type: ignore[call-arg]
                          dilation=dilation, groups=groups, bias=bias)
         if ws not in ("official", "timm", "plain"):
             raise ValueError(f"ws must be 'official', 'timm' or 'plain', got {ws!r}")
         if ws != "timm" and gamma != 1.0:
             raise ValueError(f"with ws={ws!r} γ belongs in the activation, not the conv")
-        static = _static_padding(self.kernel_size, self.stride, self.dilation, padding)  # type: ignore[arg-type]
+        static = _static_padding(self.kernel_size, self.stride, self.dilation, padding)
         self.padding_mode_same = static is None
         if static is not None:
             self.padding = static
@@ -196,14 +212,15 @@ class ScaledStdConv2d(nn.Conv2d):
     def standardized_weight_reference(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
         """The textbook formula, with plain reductions (no ``std_mean``) so it exports to ONNX."""
         w = self.weight
-        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        dims = tuple(range(1, w.ndim))
+        mean = w.mean(dim=dims, keepdim=True)
         centered = w - mean
-        var = centered.square().mean(dim=(1, 2, 3), keepdim=True)
+        var = centered.square().mean(dim=dims, keepdim=True)
         if self.gain is None:  # plain WS (Qiao et al.): unbiased std + eps, no gain
             n = self.fan_in
             mult = 1.0 / ((var * (n / max(n - 1, 1))).sqrt() + self.eps)
         else:
-            mult = _ws_inv_std(var, self.fan_in, self.eps, self._ws_const) * self.gain.view(-1, 1, 1, 1)
+            mult = _ws_inv_std(var, self.fan_in, self.eps, self._ws_const) * _per_channel(self.gain, w)
         if scale is not None:
             mult = mult * scale
         return centered * mult
@@ -214,10 +231,27 @@ class ScaledStdConv2d(nn.Conv2d):
         return None if self.ws == "official" else self.gamma / math.sqrt(self.fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_forward(self, x)
+        if self.padding_mode_same:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return self._conv_forward(x, self.standardized_weight(), self.bias)  # type: ignore[attr-defined]
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", pad={self.pad_type}, ws={self.ws}, eps={self.eps:g}"
+        return super().extra_repr() + f", pad={self.pad_type}, ws={self.ws}, eps={self.eps:g}"  # type: ignore[misc]
+
+
+class ScaledStdConv1d(_ScaledStdConvNd, nn.Conv1d):
+    """Conv1d with Scaled Weight Standardization (sequences, audio); options as :class:`ScaledStdConv2d`."""
+
+
+class ScaledStdConv2d(_ScaledStdConvNd, nn.Conv2d):
+    """Conv2d with Scaled Weight Standardization, recomputed from the raw weight on every call.
+
+    Args (all but the ``nn.Conv2d`` ones): see :class:`_ScaledStdConvNd`.
+    """
+
+
+class ScaledStdConv3d(_ScaledStdConvNd, nn.Conv3d):
+    """Conv3d with Scaled Weight Standardization (video, volumes); options as :class:`ScaledStdConv2d`."""
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -260,7 +294,7 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight_scale: torch.Tensor | 
         bias = bias * bias_scale
     padding = conv.padding
     if getattr(conv, "padding_mode_same", False):
-        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)  # type: ignore[arg-type]
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
         padding = 0
     return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
