@@ -131,9 +131,16 @@ def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *(1,) * (like.ndim - 1))
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def _row_dims(like: torch.Tensor) -> list[int]:
-    """Non-output dims of ``like`` from outermost to innermost in memory."""
-    return sorted(range(1, like.ndim), key=lambda d: -like.stride(d))
+    """Non-output dims of ``like`` in memory order: channels last for a channels_last weight, else
+    standard (any other layout is copied by :func:`_rows`). No stride sorting: torch.compile traces it."""
+    fmt = _CHANNELS_LAST.get(like.ndim)
+    if fmt is not None and not like.is_contiguous() and like.is_contiguous(memory_format=fmt):
+        return [*range(2, like.ndim), 1]
+    return list(range(1, like.ndim))
 
 
 def _rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
