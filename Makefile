@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow clean
+.PHONY: demo test test-slow lint clean
 
 $(BIN)/normfree: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(BIN)/normfree
 
 test-slow: $(BIN)/normfree
 	$(BIN)/python -m pytest -q -m slow
+
+lint: $(BIN)/normfree
+	$(BIN)/pip install --quiet -e ".[lint]"
+	$(BIN)/ruff check normfree tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -108,9 +108,9 @@ def load_csv(path: str | Path) -> list[SPPResult]:
         for row in csv.DictReader(f):
             groups.setdefault((row["model"], row["step"]), []).append(row)
 
-    def column(rows: list[dict], key: str) -> list[float | None] | None:
-        values = [float(r[key]) if r[key] != "" else None for r in rows]
-        return None if all(v is None for v in values) else values
+    def column(rows: list[dict], key: str) -> list[float] | None:
+        """A per-block column, or None unless every block has a value (as :func:`save_csv` writes)."""
+        return [float(r[key]) for r in rows] if all(r[key] != "" for r in rows) else None
 
     results = []
     for (model, step), rows in groups.items():
@@ -120,7 +120,7 @@ def load_csv(path: str | Path) -> list[SPPResult]:
             names=[r["name"] for r in blocks], transition=[r["transition"] == "1" for r in blocks],
             stem_sq_mean=float(stem["sq_mean"]), stem_var=float(stem["var"]),
             sq_mean=[float(r["sq_mean"]) for r in blocks], var=[float(r["var"]) for r in blocks],
-            res_var=column(blocks, "res_var") or [None] * len(blocks),
+            res_var=[float(r["res_var"]) if r["res_var"] != "" else None for r in blocks],
             expected_var=column(blocks, "expected_var"), grad_var=column(blocks, "grad_var"),
             grad_norm=column(blocks, "grad_norm"), step=int(step) if step else None))
     return results

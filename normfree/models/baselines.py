@@ -85,7 +85,8 @@ def fixup_param_groups(model: nn.Module, lr: float, weight_decay: float = 1e-4,
     """Optimizer groups for Fixup: scalar biases, branch multipliers (``skip_gain``) and the
     classifier bias at ``lr · scalar_lr_ratio`` (1/10 in the official ``cifar_train.py``, which
     selects parameters named ``bias``/``scale``); weight decay on every parameter, as there."""
-    scalars, others = [], []
+    scalars: list[nn.Parameter] = []
+    others: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (scalars if name.endswith(("bias", "skip_gain")) else others).append(p)
@@ -102,7 +103,9 @@ def revisited_bn_param_groups(model: nn.Module, lr: float, weight_decay: float =
         raise ValueError(f"c divides the BN-scale learning rate and must be >= 1, got {c}")
     bn_scales = {id(m.weight) for m in model.modules()
                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
-    scales, no_decay, decay = [], [], []
+    scales: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (scales if id(p) in bn_scales else no_decay if p.ndim <= 1 else decay).append(p)

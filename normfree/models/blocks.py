@@ -124,6 +124,7 @@ class ResidualBlock(nn.Module):
 
     def forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """Same function as :meth:`forward_unfolded`, scalars folded into weights (see class doc)."""
+        owed: float | None  # the factor the next linear layer must absorb; None once α·g is absorbed
         out, owed = _activate(self.preact, x, fresh=False) or (self.preact(x), 1.0)
         shortcut = x if self.shortcut is None else _shortcut_folded(self.shortcut, out, owed)
         gain: torch.Tensor | float | None = self.alpha if self.alpha != 1.0 else None

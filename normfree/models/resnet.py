@@ -93,6 +93,7 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
     first = {}
     if input_norm:
         first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0))
+    strides: tuple[int, ...]
     if small_input:
         widths = [max(1, int(c * width)) for c in (16, 32, 64)]
         strides, stem_ch = (1, 2, 2), 16
@@ -148,6 +149,7 @@ def _register() -> None:
         register_model(f"bn_{name}", resnet, fixed={"depth": depth, "small_input": True, "norm": "bn"},
                        defaults={"width": width, "num_classes": 10, **bn_defaults}, family="bn_cifar",
                        description=f"BN {label} for 32x32 inputs, twin of nf_{name}")
+    arches: list[tuple[str, dict[str, Any], dict[str, Any], str, str]]
     arches = [(f"resnet{d}", {"depth": d}, {}, f"ResNet-{d}", "resnet") for d in IMAGENET_DEPTHS]
     arches += [(name, {"depth": depth, "small_input": True}, {"width": width, "num_classes": 10},
                 name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-"), "cifar")

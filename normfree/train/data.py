@@ -56,6 +56,7 @@ class FolderData:
     """An ImageFolder tree (``root/class_name/image.jpg``) decoded with Pillow per batch."""
 
     small = False
+    hflip = True
 
     def __init__(self, root: Path, size: int, classes: list[str] | None = None) -> None:
         if importlib.util.find_spec("PIL") is None:  # fail before training starts, not at the first batch
@@ -218,11 +219,11 @@ def pad_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int | None = None,
     pad = max(1, h // 8) if pad is None else pad
     oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
     ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < (0.5 if flip else 0.0)).to(x.device)
+    flipped = (torch.rand(n, generator=gen) < (0.5 if flip else 0.0)).to(x.device)
     xp = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
     ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     rows = oy[:, None] + ar_h
-    cols = ox[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)
+    cols = ox[:, None] + torch.where(flipped[:, None], w - 1 - ar_w, ar_w)
     return xp[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 

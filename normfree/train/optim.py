@@ -18,7 +18,8 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two SGD groups: decayed weights and non-decayed gains/biases (empty groups dropped)."""
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if no_weight_decay(name, p) else decay).append(p)

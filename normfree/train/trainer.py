@@ -119,11 +119,11 @@ class Trainer:
         self.model = build_model(cfg.model, num_classes, in_chans, cfg.model_kwargs).to(self.device)
         for d in (self.train_data, self.test_data):
             if isinstance(d, FolderData):
-                d.size = cfg.image_size or getattr(self.model, "input_size", 224)
+                d.size = cfg.image_size or int(getattr(self.model, "input_size", 224))
         mean, std = (meta["mean"], meta["std"]) if meta else self.train_data.stats()
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-        self.meta_static = {"format": CHECKPOINT_FORMAT, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
+        self.meta_static: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
                             "num_classes": num_classes, "in_chans": in_chans, "mean": mean, "std": std,
                             "classes": getattr(self.train_data, "classes", None)}
 
@@ -282,7 +282,8 @@ class Trainer:
         end_epoch = min(cfg.epochs, until_epoch or cfg.epochs)
         if self.dist.main and self.step == 0:
             cfg.save_yaml(self.run_dir / "config.yaml")
-        start_time, start_step, last = time.perf_counter(), self.step, {}
+        start_time, start_step = time.perf_counter(), self.step
+        last: dict[str, Any] = {}
         if self.spp is not None and self.step == 0:
             self.spp(self.model, 0)  # at initialization
         try:
