@@ -35,3 +35,16 @@ def test_intermediates_train_with_checkpointing_and_reject_bad_input():
     assert all(p.grad is not None for n, p in model.named_parameters() if not n.startswith("fc."))
     with pytest.raises(ValueError, match="NCHW"):
         model.forward_intermediates(torch.randn(3, 32, 32))
+
+
+def test_hooks_on_stages_fire_in_every_path():
+    model = normfree.create_model("nf_resnet26", width=0.25, skipinit_gain=0.5)
+    calls = []
+    model.stages.register_forward_hook(lambda *_: calls.append("stages"))
+    model.stages[1].register_forward_hook(lambda *_: calls.append("stage1"))
+    x = torch.randn(2, 3, 32, 32)
+    model(x)
+    assert calls == ["stage1", "stages"]
+    calls.clear()
+    model.forward_intermediates(x)
+    assert calls == ["stage1"]  # stages run one at a time here

@@ -183,3 +183,17 @@ def test_grad_checkpointing_same_gradients_less_memory(name):
     peaks = [step_peak_memory(make_step(m, cfg)[0], torch.device("cpu"))
              for m in (deep, copy.deepcopy(deep).set_grad_checkpointing(True))]
     assert peaks[1] < 0.7 * peaks[0]
+
+
+def test_nf_training_step_peak_memory_below_bn_twin():
+    """The folded path keeps one tensor per activation and no stage output beyond its use (issue 7's
+    memory target at small scale; counted by the same allocator trace as `normfree bench`)."""
+    from normfree.bench import BenchConfig, make_step, step_peak_memory
+
+    cfg = BenchConfig(mode="train", batch=8, size=64)
+    peaks = {}
+    for name in ("nf_resnet26", "bn_resnet26"):
+        torch.manual_seed(0)
+        model = normfree.create_model(name, width=0.5, num_classes=10)
+        peaks[name] = step_peak_memory(make_step(model, cfg)[0], torch.device("cpu"))
+    assert peaks["nf_resnet26"] < 0.85 * peaks["bn_resnet26"]

@@ -60,7 +60,12 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial features after the final activation (before pooling)."""
-        *_, x = self._stage_outputs(self.stem(_check_input(x)))
+        x = self.stem(_check_input(x))
+        if self._checkpointing():
+            for x in self._stage_outputs(x):  # keep only the current stage's output alive
+                pass
+        else:
+            x = self.stages(x)
         return self.final(x)
 
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -89,12 +94,19 @@ class ResNet(nn.Module):
                          "module": "final" if last else f"stages.{i}"})
         return info
 
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and torch.is_grad_enabled()
+
     def _stage_outputs(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Run the stages (blocks under checkpointing when enabled and training), yielding each output."""
-        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        """Run the stages, yielding each output; blocks one by one under checkpointing, else each stage
+        as a module (so hooks on a stage fire)."""
+        ckpt = self._checkpointing()
         for stage in self.stages:
-            for block in stage:
-                x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+            if ckpt:
+                for block in stage:
+                    x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = stage(x)
             yield x
 
     def fuse(self) -> "ResNet":
