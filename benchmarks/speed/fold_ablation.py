@@ -6,22 +6,18 @@ Same weights, same process, interleaved repeats (normfree.bench protocol). Usage
 """
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 
 import normfree
+from _args import step_parser  # this folder: scripts are run by path
 from normfree.bench import BenchConfig, run_benchmark
 from normfree.models.blocks import set_fast_path
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("model")
-    p.add_argument("--mode", default="train", choices=["train", "infer"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=128)
+    p = step_parser(__doc__)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=2)
     args = p.parse_args()

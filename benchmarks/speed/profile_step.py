@@ -7,20 +7,16 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
 import normfree
+from _args import step_parser  # this folder: scripts are run by path
 from normfree.bench import BenchConfig, make_step
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("model")
-    p.add_argument("--mode", default="train", choices=["train", "infer"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=128)
+    p = step_parser(__doc__)
     p.add_argument("--deploy", action="store_true")
     p.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
     p.add_argument("--rows", type=int, default=14)
