@@ -62,8 +62,8 @@ class ResNet(nn.Module):
         """Spatial features after the final activation (before pooling)."""
         x = self.stem(_check_input(x))
         if self._checkpointing():
-            for x in self._stage_outputs(x):  # keep only the current stage's output alive
-                pass
+            for stage_out in self._stage_outputs(x):  # keep only the current stage's output alive
+                x = stage_out
         else:
             x = self.stages(x)
         return self.final(x)
