@@ -238,9 +238,7 @@ class _ScaledStdConvNd:
         return None if self.ws == "official" else self.gamma / math.sqrt(self.fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode_same:
-            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return self._conv_forward(x, self.standardized_weight(), self.bias)  # type: ignore[attr-defined]
+        return conv_forward(self, x)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", pad={self.pad_type}, ws={self.ws}, eps={self.eps:g}"  # type: ignore[misc]
@@ -283,16 +281,20 @@ class SamePadConv2d(nn.Conv2d):
         return conv_forward(self, x)
 
 
-def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight_scale: torch.Tensor | float | None = None,
+_CONV_FNS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by weight rank
+
+
+def conv_forward(conv: nn.modules.conv._ConvNd, x: torch.Tensor,
+                 weight_scale: torch.Tensor | float | None = None,
                  bias_scale: torch.Tensor | float | None = None) -> torch.Tensor:
     """``conv(x)`` with the weight multiplied by ``weight_scale`` and the bias by ``bias_scale``.
 
     This is how scalars that would otherwise cost a pass over a (large) activation are folded into a
     (small) weight: ``conv(c·x) = conv_{c·W}(x)`` and ``c·conv(x) = conv_{c·W, c·b}(x)``. Works for
-    :class:`ScaledStdConv2d` (the scale rides on its per-channel multiplier), :class:`SamePadConv2d`
-    and plain ``nn.Conv2d``.
+    the Scaled-WS convs (the scale rides on their per-channel multiplier; also their ``forward``),
+    :class:`SamePadConv2d` and plain ``nn.Conv1d/2d/3d``.
     """
-    if isinstance(conv, ScaledStdConv2d):
+    if isinstance(conv, _ScaledStdConvNd):
         weight = conv.standardized_weight(weight_scale)
     else:
         weight = conv.weight if weight_scale is None else conv.weight * weight_scale
@@ -303,7 +305,7 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight_scale: torch.Tensor | 
     if getattr(conv, "padding_mode_same", False):
         x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
         padding = 0
-    return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+    return _CONV_FNS[weight.ndim](x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
 class MaxPoolSame(nn.Module):

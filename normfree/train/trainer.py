@@ -123,9 +123,10 @@ class Trainer:
         mean, std = (meta["mean"], meta["std"]) if meta else self.train_data.stats()
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-        self.meta_static: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
-                            "num_classes": num_classes, "in_chans": in_chans, "mean": mean, "std": std,
-                            "classes": getattr(self.train_data, "classes", None)}
+        self.meta_static: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
+            "num_classes": num_classes, "in_chans": in_chans, "mean": mean, "std": std,
+            "classes": getattr(self.train_data, "classes", None)}
 
         if cfg.grad_checkpointing:
             if not hasattr(self.model, "set_grad_checkpointing"):
