@@ -30,23 +30,30 @@ def _field_type(f: dataclasses.Field) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The run's config: --config YAML, else the --resume checkpoint's, else defaults; flags override."""
+    """The run's config, layered: defaults < --recipe < --config YAML (or, resuming, the checkpoint's
+    config) < flags; ``model_kwargs`` merge key by key."""
     from ..train.checkpoint import load_checkpoint
     from ..train.config import TrainConfig
+    from ..train.recipes import layer_values, load_recipe
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+                 if getattr(args, f.name) is not None and f.name != "recipe"}
+    layers = [load_recipe(args.recipe)] if args.recipe else []
     if args.config:
-        return TrainConfig.from_yaml(args.config, **overrides)
-    if args.resume:  # continue with the checkpoint's recipe unless flags say otherwise
-        saved = load_checkpoint(args.resume)[1].get("config", {})
-        return TrainConfig.from_dict({**saved, **overrides})
-    return TrainConfig.from_dict(overrides)
+        layers.append(TrainConfig.read_yaml(args.config))
+    elif args.resume:  # continue with the checkpoint's recipe unless flags say otherwise
+        layers.append(load_checkpoint(args.resume)[1].get("config", {}))
+    return TrainConfig.from_dict(layer_values(*layers, overrides))
 
 
 def _run(args: argparse.Namespace) -> None:
     from ..train.trainer import Trainer
 
+    if args.recipe == "list":
+        from ..train.recipes import format_recipes
+
+        print(format_recipes())
+        return
     summary = Trainer(config_from_args(args), resume=args.resume).fit()
     keys = ("model", "steps", "wall_time_s", "test_top1", "test_top5", "ema_test_top1", "best_top1")
     print("summary: " + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
@@ -60,8 +67,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a model. Flags override --config values; see docs/training.md.")
     p.add_argument("--config", help="YAML file with TrainConfig keys")
     p.add_argument("--resume", help="checkpoint (.safetensors) to continue from exactly")
+    p.add_argument("--recipe", help="named recipe whose values the other flags override; 'list' prints them")
     docs = TrainConfig.field_help()
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "recipe":
+            continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         doc = docs.get(f.name, "")
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,

@@ -11,6 +11,8 @@ from typing import Any
 from ..cli import UserError
 from .optim import PARAM_GROUP_KINDS
 
+LR_SCALE_FIELDS = ("skip_gain_lr_scale", "gain_lr_scale", "bias_lr_scale")
+
 
 @dataclass
 class TrainConfig:
@@ -34,6 +36,9 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4      # not applied to gains, biases, skip gains or other ≤1-D parameters
     param_groups: str = "default"   # default | fixup | revisited_bn | auto (the model's baseline's groups)
+    skip_gain_lr_scale: float = 1.0  # lr multiplier for residual-branch skip gains (parameters named skip_gain)
+    gain_lr_scale: float = 1.0      # lr multiplier for other gains (Scaled-WS conv gains, SE gains, norm weights)
+    bias_lr_scale: float = 1.0      # lr multiplier for biases (conv, linear and norm biases)
     label_smoothing: float = 0.0
     agc_clip: float = 0.0           # 0 = off; 0.01 is the NFNet value at batch 4096
     agc_eps: float = 1e-3
@@ -51,6 +56,8 @@ class TrainConfig:
     log_every: int = 20             # steps
     spp_every: int = 0              # steps; 0 = off. Signal propagation of one fixed batch -> <out_dir>/spp/
     eval_batch_size: int = 256
+    tta_flip: bool = False          # also score the mean logits of each test image and its mirror (test_top1_flip)
+    recipe: str = ""                # the named recipe these values started from (recorded, see normfree recipes)
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -59,6 +66,7 @@ class TrainConfig:
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
                   (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
                   (self.agc_clip >= 0, "agc_clip must be >= 0"), (self.warmup_epochs >= 0, "warmup_epochs >= 0"),
+                  *[(getattr(self, f) >= 0, f"{f} must be >= 0") for f in LR_SCALE_FIELDS],
                   (self.param_groups in PARAM_GROUP_KINDS,
                    f"param_groups must be one of {', '.join(PARAM_GROUP_KINDS)}")]
         bad = [msg for ok, msg in checks if not ok]
@@ -79,6 +87,11 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Load a YAML mapping; ``overrides`` (e.g. from command-line flags) win over the file."""
+        return cls.from_dict({**cls.read_yaml(path), **overrides})
+
+    @staticmethod
+    def read_yaml(path: str | Path) -> dict[str, Any]:
+        """The mapping in a YAML config file (not yet checked against the fields)."""
         import yaml
 
         try:
@@ -89,7 +102,7 @@ class TrainConfig:
             raise UserError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(values, dict):
             raise UserError(f"config file {path} must hold a mapping of keys to values")
-        return cls.from_dict({**values, **overrides})
+        return values
 
     @classmethod
     def field_help(cls) -> dict[str, str]:

@@ -28,15 +28,45 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 PARAM_GROUP_KINDS = ("default", "fixup", "revisited_bn", "auto")
+PARAM_ROLES = ("skip_gain", "gain", "bias", "weight")
 
 
-def build_param_groups(model: nn.Module, kind: str, lr: float, weight_decay: float) -> list[dict]:
+def param_role(name: str, param: torch.Tensor) -> str:
+    """What a parameter does, for per-role learning rates: ``skip_gain`` (a residual branch's scalar
+    gain), ``gain`` (Scaled-WS conv gains, SE gains, 1-D norm weights), ``bias`` or ``weight``."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "skip_gain":
+        return "skip_gain"
+    if "bias" in leaf:
+        return "bias"
+    if "gain" in leaf or (leaf == "weight" and param.ndim <= 1):
+        return "gain"
+    return "weight"
+
+
+def _split_by_role(model: nn.Module, groups: list[dict], role_lr_scale: dict[str, float]) -> list[dict]:
+    """Each group split into one group per parameter role whose lr is multiplied by that role's scale."""
+    roles = {id(p): param_role(n, p) for n, p in model.named_parameters()}
+    out = []
+    for g in groups:
+        for role in PARAM_ROLES:
+            params = [p for p in g["params"] if roles.get(id(p), "weight") == role]
+            if params:
+                out.append({**g, "params": params, "role": role,
+                            "lr_scale": g["lr_scale"] * role_lr_scale.get(role, 1.0)})
+    return out
+
+
+def build_param_groups(model: nn.Module, kind: str, lr: float, weight_decay: float,
+                       role_lr_scale: dict[str, float] | None = None) -> list[dict]:
     """The SGD groups of ``kind``, each with an ``lr_scale`` (its lr relative to the peak lr).
 
     ``default`` is :func:`param_groups`; ``fixup`` / ``revisited_bn`` are the groups those papers
     prescribe (scalars at lr/10; BN scales at lr/100, see normfree.models.baselines); ``auto`` picks
     the one the model's registered baseline prescribes (``fixup_*``, ``revbn_*``), else ``default``.
     The schedule multiplies its lr by ``lr_scale``, so the ratios hold through warmup and decay.
+    ``role_lr_scale`` (e.g. ``{"skip_gain": 10}``) further multiplies the lr of the parameters of each
+    :func:`param_role`; roles it does not name keep their group's lr.
     """
     from ..models.baselines import BASELINES, fixup_param_groups, revisited_bn_param_groups
 
@@ -51,6 +81,8 @@ def build_param_groups(model: nn.Module, kind: str, lr: float, weight_decay: flo
     for g in groups:
         g["lr_scale"] = g.get("lr", lr) / lr
         g["kind"] = kind
+    if role_lr_scale and any(v != 1.0 for v in role_lr_scale.values()):
+        groups = _split_by_role(model, groups, role_lr_scale)
     return groups
 
 

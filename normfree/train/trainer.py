@@ -58,27 +58,40 @@ def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_la
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ArrayData | FolderData, mean: torch.Tensor, std: torch.Tensor,
              device: torch.device, batch_size: int = 256, dist: Dist | None = None,
-             channels_last: bool = False, desc: str = "eval") -> dict[str, float]:
-    """Top-1 / top-5 (%) and mean loss; under DDP each rank scores a shard and the counts are summed."""
+             channels_last: bool = False, desc: str = "eval", flip: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 (%) and mean loss; under DDP each rank scores a shard and the counts are summed.
+
+    ``flip`` also scores the mean logits of each image and its mirror image (``top1_flip``,
+    ``top5_flip``): test-time augmentation at the cost of a second forward pass.
+    """
     dist = dist or Dist()
     model.eval()
     idx_all = torch.arange(len(data))[dist.rank::dist.world]
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
+    totals = torch.zeros(6, dtype=torch.float64, device=device)  # c1, c5, loss_sum, count, c1 flip, c5 flip
     gen = step_generator(0)
     chunks = idx_all.split(batch_size)
+
+    def hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        hit = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+        return torch.stack([hit[:, 0].sum(), hit.any(1).sum()])
+
     for idx in tqdm(chunks, desc=desc, leave=False, disable=not dist.main or len(chunks) < 4):
         x, y = data.batch(idx, False, gen)
         x, y = to_input(x.to(device), mean, std, channels_last), y.to(device)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x).float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top == y[:, None]
-        totals += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), F.cross_entropy(logits, y, reduction="sum"),
-                               torch.tensor(len(y), device=device)]).double()
+            mirrored = (logits + model(x.flip(3)).float()) / 2 if flip else None
+        totals[:4] += torch.cat([hits(logits, y), F.cross_entropy(logits, y, reduction="sum")[None],
+                                 torch.tensor([len(y)], device=device)]).double()
+        if mirrored is not None:
+            totals[4:] += hits(mirrored, y).double()
     if dist.enabled:
         torch.distributed.all_reduce(totals)
-    c1, c5, loss, n = totals.tolist()
-    return {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n}
+    c1, c5, loss, n, f1, f5 = totals.tolist()
+    out = {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n}
+    if flip:
+        out.update(top1_flip=100 * f1 / n, top5_flip=100 * f5 / n)
+    return out
 
 
 class Trainer:
@@ -148,7 +161,8 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
 
-        groups = build_param_groups(self.model, cfg.param_groups, cfg.lr, cfg.weight_decay)
+        role_lr_scale = {"skip_gain": cfg.skip_gain_lr_scale, "gain": cfg.gain_lr_scale, "bias": cfg.bias_lr_scale}
+        groups = build_param_groups(self.model, cfg.param_groups, cfg.lr, cfg.weight_decay, role_lr_scale)
         self.opt = torch.optim.SGD(groups, lr=cfg.lr,
                                    momentum=cfg.momentum, nesterov=cfg.nesterov)
         head = getattr(self.model, "fc", None)
@@ -157,6 +171,7 @@ class Trainer:
         self.agc_specs = agc_params(self.model, exclude=(head,) if head is not None else ())
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step, self.best_top1 = 0, -1.0
+        self.elapsed_before, self.fit_start = 0.0, time.perf_counter()  # training wall time over all resumes
         if ckpt:
             self._restore(*ckpt, resume)
         net: nn.Module = self.model
@@ -182,7 +197,8 @@ class Trainer:
         path = self.run_dir / name
         if self.dist.main:
             meta = {**self.meta_static, "config": self.cfg.to_dict(), "step": self.step,
-                    "epoch": self.step / self.steps_per_epoch, "best_top1": self.best_top1, **(extra or {})}
+                    "epoch": self.step / self.steps_per_epoch, "best_top1": self.best_top1,
+                    "elapsed_s": self.elapsed_before + time.perf_counter() - self.fit_start, **(extra or {})}
             save_checkpoint(path, self._state(), meta)
         return path
 
@@ -203,6 +219,7 @@ class Trainer:
             ema = split_prefix(tensors, "ema")
             self.ema.state = {k: ema[k].to(self.device) for k in self.ema.state} if ema else self.ema.state
         self.step, self.best_top1 = int(meta["step"]), float(meta.get("best_top1", -1.0))
+        self.elapsed_before = float(meta.get("elapsed_s", 0.0))
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def _train_step(self, idx: torch.Tensor) -> tuple[float, float]:
@@ -241,7 +258,7 @@ class Trainer:
                 f"{', now ' + str(cfg.agc_clip) if cfg.agc_clip else ''}) or a longer --warmup-epochs.")
         # Gradients here are already all-reduced by DDP and unscaled (bf16 autocast uses no loss scaling).
         frac = clip_grad_agc_(self.agc_specs, cfg.agc_clip, cfg.agc_eps) if cfg.agc_clip > 0 else None
-        lr = lr_at(self.step, cfg.lr, self.warmup_steps, self.total_steps, cfg.min_lr)
+        lr = self.lr = lr_at(self.step, cfg.lr, self.warmup_steps, self.total_steps, cfg.min_lr)
         for g in self.opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
         self._updating = True
@@ -256,7 +273,8 @@ class Trainer:
     # ---- epochs ------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         kw = dict(mean=self.mean, std=self.std, device=self.device, batch_size=self.cfg.eval_batch_size,
-                  dist=self.dist, channels_last=self.channels_last)
+                  dist=self.dist, channels_last=self.channels_last,
+                  flip=self.cfg.tta_flip and getattr(self.test_data, "hflip", True))
         out = {f"test_{k}": v for k, v in evaluate(self.model, self.test_data, desc="eval", **kw).items()}
         if self.ema:
             ema_model = copy.deepcopy(self.model)
@@ -284,6 +302,7 @@ class Trainer:
         if self.dist.main and self.step == 0:
             cfg.save_yaml(self.run_dir / "config.yaml")
         start_time, start_step = time.perf_counter(), self.step
+        self.fit_start = start_time
         last: dict[str, Any] = {}
         if self.spp is not None and self.step == 0:
             self.spp(self.model, 0)  # at initialization
@@ -302,7 +321,7 @@ class Trainer:
                         self.spp(self.model, self.step)
                     if self.step % cfg.log_every == 0 or i == spe - 1:
                         rec = {"kind": "step", "step": self.step, "epoch": epoch, "loss": loss,
-                               "lr": self.opt.param_groups[0]["lr"]}
+                               "lr": self.lr}
                         if not math.isnan(frac):
                             rec["agc_clipped_frac"] = frac
                         self.logger.log(rec)
@@ -335,7 +354,8 @@ class Trainer:
 
     def _finish(self, last: dict[str, Any], wall: float, steps: int) -> dict[str, Any]:
         summary = {"model": self.cfg.model, "data": self.cfg.data, "steps": self.step, "epochs_done":
-                   self.step / self.steps_per_epoch, "wall_time_s": wall, "world_size": self.dist.world,
+                   self.step / self.steps_per_epoch, "wall_time_s": wall,
+                   "total_wall_time_s": self.elapsed_before + wall, "world_size": self.dist.world,
                    "device": str(self.device), "params": sum(p.numel() for p in self.model.parameters()),
                    "best_top1": self.best_top1, **{k: v for k, v in last.items() if k != "kind"}}
         if self.dist.enabled:

@@ -1,0 +1,170 @@
+"""Run the CIFAR-10 NF-vs-BN plan (plan.yaml) as resumable lanes.
+
+Each lane takes the next run of the plan that is neither finished nor held by a live lane, trains it
+with ``normfree train`` (resuming from its ``last.safetensors`` if an earlier lane was interrupted) and
+moves on. Start as many lanes as there are cores to spare; re-running a lane after an interruption picks
+up exactly where the plan stopped.
+
+Usage (repository root)::
+
+    DATA_DIR=path/to/cifar10_npz_dir OMP_NUM_THREADS=1 python benchmarks/cifar10_nf_vs_bn/lanes.py
+    python benchmarks/cifar10_nf_vs_bn/lanes.py --list          # every run and its state
+    python benchmarks/cifar10_nf_vs_bn/lanes.py --stage ablation --device cuda
+
+``DATA_DIR`` holds ``train.npz``/``test.npz`` (uint8 NHWC ``x``, int64 ``y``). Runs write into
+``exp/<table>/<name>_s<seed>/`` (config, JSONL metrics, stdout, summary; checkpoints are not committed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+EXP = HERE / "exp"
+
+
+def expand(plan: dict[str, Any], stage: str | None = None) -> Iterator[dict[str, Any]]:
+    """The plan's runs in execution order: stage by stage, and within a stage every entry's first seed
+    before any entry's second seed (so a partial stage already covers every cell once)."""
+    for st in plan["stages"]:
+        if stage and st["name"] != stage:
+            continue
+        entries = st["runs"]
+        for rank in range(max(len(e["seeds"]) for e in entries)):
+            for e in entries:
+                if rank < len(e["seeds"]):
+                    seed = e["seeds"][rank]
+                    values = {**plan.get("common", {}), **st.get("common", {}), **e.get("set", {}), "seed": seed}
+                    yield {"table": st["table"], "name": e["name"], "recipe": e["recipe"], "seed": seed,
+                           "values": values, "dir": EXP / st["table"] / f"{e['name']}_s{seed}"}
+
+
+INTERRUPTED = (130, -2, -9, -15)  # Ctrl-C, SIGINT, SIGKILL, SIGTERM: resume later; other failures are final
+
+
+def finished(run_dir: Path) -> bool:
+    """Trained to its last epoch, or failed for good (``failed`` holds the exit status)."""
+    if (run_dir / "failed").exists():
+        return True
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return False
+    summary = json.loads(path.read_text())
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return summary.get("epochs_done", 0) >= cfg["epochs"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(run_dir: Path) -> bool:
+    """Take the run's lock file unless a live process holds it (a dead holder's lock is stale)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lane.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def flags(values: dict[str, Any]) -> list[str]:
+    out = []
+    for key, value in values.items():
+        text = json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) \
+            else str(value)
+        out += ["--" + key.replace("_", "-"), text]
+    return out
+
+
+def command(run: dict[str, Any], data: str, device: str) -> list[str]:
+    cmd = [sys.executable, "-m", "normfree.cli", "train", "--recipe", run["recipe"], "--data", data,
+           "--device", device, "--out-dir", str(run["dir"]), *flags(run["values"])]
+    last = run["dir"] / "last.safetensors"
+    return cmd + (["--resume", str(last)] if last.exists() else [])
+
+
+def run_logged(cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
+    """Run ``cmd`` appending its output to ``log_path`` without the progress bars' redraws."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    with open(log_path, "a") as log:
+        for line in proc.stdout:
+            for part in line.decode(errors="replace").replace("\r", "\n").splitlines():
+                if part.strip() and "%|" not in part:
+                    log.write(part + "\n")
+                    log.flush()
+    return proc.wait()
+
+
+def state(run: dict[str, Any]) -> str:
+    if (run["dir"] / "failed").exists():
+        return "failed"
+    if finished(run["dir"]):
+        return "done"
+    if (run["dir"] / "last.safetensors").exists():
+        return "partial"
+    return "todo"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", default=str(HERE / "plan.yaml"))
+    parser.add_argument("--stage", help="run only this stage of the plan")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--list", action="store_true", help="print every run with its state and exit")
+    args = parser.parse_args()
+    plan = yaml.safe_load(Path(args.plan).read_text())
+    runs = list(expand(plan, args.stage))
+    if args.list:
+        for r in runs:
+            print(f"{state(r):8s} {r['table']}/{r['dir'].name}")
+        return 0
+    data_dir = os.environ.get("DATA_DIR")
+    if not data_dir or not (Path(data_dir) / "train.npz").exists():
+        print("set DATA_DIR to a folder holding train.npz and test.npz", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    for run in runs:
+        if finished(run["dir"]) or not claim(run["dir"]):
+            continue
+        cmd = command(run, f"npz:{data_dir}", args.device)
+        print(f"[{time.strftime('%H:%M:%S')}] {run['table']}/{run['dir'].name}: {' '.join(cmd[3:])}", flush=True)
+        rc = run_logged(cmd, run["dir"] / "stdout.log", env)
+        (run["dir"] / ".lane.lock").unlink(missing_ok=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {run['dir'].name}: exit {rc}", flush=True)
+        if rc in INTERRUPTED:
+            return rc
+        if rc:
+            (run["dir"] / "failed").write_text(f"{rc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
