@@ -105,9 +105,9 @@ def flags(values: dict[str, Any]) -> list[str]:
 
 def command(run: dict[str, Any], data: str, device: str) -> list[str]:
     cmd = [sys.executable, "-m", "normfree.cli", "train", "--recipe", run["recipe"], "--data", data,
-           "--device", device, "--out-dir", str(run["dir"]), *flags(run["values"])]
-    last = run["dir"] / "last.safetensors"
-    return cmd + (["--resume", str(last)] if last.exists() else [])
+           "--device", device, "--out-dir", os.path.relpath(run["dir"]), *flags(run["values"])]
+    last = run["dir"] / "last.safetensors"  # relative paths: the logs name no machine's folders
+    return cmd + (["--resume", os.path.relpath(last)] if last.exists() else [])
 
 
 def run_logged(cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
