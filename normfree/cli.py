@@ -5,12 +5,10 @@ import argparse
 import importlib
 import sys
 
+from .errors import NormfreeError
+
 SUBCOMMANDS = ("demo", "models", "spp", "train", "recipes", "eval", "convert", "bench", "compare")
 """Modules of :mod:`normfree.commands`; each defines ``add_parser(subparsers)`` that sets ``func``."""
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one paragraph, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, TypeError) as err:
+    except (NormfreeError, ValueError, TypeError) as err:
         # ValueError/TypeError come from our own argument validation (create_model, layer checks).
         print(f"normfree {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from normfree.cli import UserError, main
+from normfree.cli import main
+from normfree.errors import NormfreeError
 from normfree.train.compare import COLUMNS, compare
 from normfree.train.config import TrainConfig
 from normfree.train.trainer import Trainer
@@ -58,7 +59,7 @@ def test_param_groups_default_ignores_the_model_family(tmp_path):
 
 
 def test_bad_param_groups_is_a_user_error():
-    with pytest.raises(UserError, match="param_groups"):
+    with pytest.raises(NormfreeError, match="param_groups"):
         TrainConfig(param_groups="lars")
 
 
@@ -101,7 +102,7 @@ def test_compare_cli_rejects_unknown_models_before_any_work(tmp_path, capsys):
 
 
 def test_compare_rejects_bad_batch_sizes(tmp_path):
-    with pytest.raises(UserError, match="batch sizes"):
+    with pytest.raises(NormfreeError, match="batch sizes"):
         compare(["nf_cifar_resnet20"], "synthetic", tmp_path, batch_sizes=(0,))
 
 def test_a_diverging_run_is_a_row_not_a_crash(tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from normfree.cli import UserError, main
+from normfree.cli import main
+from normfree.errors import NormfreeError
 from normfree.train.checkpoint import load_checkpoint
 from normfree.train.config import TrainConfig
 from normfree.train.trainer import Trainer
@@ -69,7 +70,7 @@ def test_ctrl_c_saves_resumable_checkpoint(tmp_path, monkeypatch):
         return real_step(self, idx)
 
     monkeypatch.setattr(Trainer, "_train_step", interrupt_at_5)
-    with pytest.raises(UserError, match="interrupted at step 5.*--resume"):
+    with pytest.raises(NormfreeError, match="interrupted at step 5.*--resume"):
         trainer.fit()
     monkeypatch.setattr(Trainer, "_train_step", real_step)
     path = Path(cfg.out_dir) / "last.safetensors"
@@ -86,7 +87,7 @@ def test_nan_loss_stops_and_keeps_good_checkpoint(tmp_path):
     before = path.read_bytes()
     with torch.no_grad():
         trainer.model.fc.weight.fill_(float("nan"))
-    with pytest.raises(UserError, match=r"loss became nan at step 4 .*--lr.*--agc-clip"):
+    with pytest.raises(NormfreeError, match=r"loss became nan at step 4 .*--lr.*--agc-clip"):
         trainer.fit()
     assert path.read_bytes() == before
 
@@ -120,14 +121,14 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
     ({"batch_size": 10, "accum_steps": 4}, "divisible"),
 ])
 def test_bad_input_errors(tmp_path, change, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(NormfreeError, match=message):
         Trainer(tiny_cfg(tmp_path, **change))
 
 
 def test_unwritable_out_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(UserError, match="cannot write to output folder"):
+    with pytest.raises(NormfreeError, match="cannot write to output folder"):
         Trainer(tiny_cfg(tmp_path, out_dir=str(blocker / "run")))
 
 
@@ -135,9 +136,9 @@ def test_resume_from_other_model_is_refused(tmp_path):
     cfg = tiny_cfg(tmp_path, epochs=1)
     Trainer(cfg).fit()
     path = Path(cfg.out_dir) / "last.safetensors"
-    with pytest.raises(UserError, match="trained with model 'nf_cifar_resnet20'"):
+    with pytest.raises(NormfreeError, match="trained with model 'nf_cifar_resnet20'"):
         Trainer(tiny_cfg(tmp_path / "b", model="bn_cifar_resnet20"), resume=path)
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(NormfreeError, match="does not fit"):
         Trainer(tiny_cfg(tmp_path / "c", model_kwargs={"width": 0.5}), resume=path)
 
 
@@ -145,7 +146,7 @@ def test_empty_and_corrupt_image_folders(tmp_path):
     pil = pytest.importorskip("PIL.Image")
     root = tmp_path / "imgs"
     (root / "cat").mkdir(parents=True)
-    with pytest.raises(UserError, match="no images"):
+    with pytest.raises(NormfreeError, match="no images"):
         Trainer(tiny_cfg(tmp_path, data=f"imagefolder:{root}"))
     for cls in ("cat", "dog"):
         (root / cls).mkdir(exist_ok=True)
@@ -158,7 +159,7 @@ def test_empty_and_corrupt_image_folders(tmp_path):
     summary = trainer.fit()  # random-resized crops of 20x24 images to 16x16
     assert summary["steps"] == 2 and 0 <= summary["test_top1"] <= 100
     (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="cannot read image .*broken.jpg"), pytest.warns(UserWarning):
+    with pytest.raises(NormfreeError, match="cannot read image .*broken.jpg"), pytest.warns(UserWarning):
         Trainer(tiny_cfg(tmp_path, **{**cfg.to_dict(), "batch_size": 17})).fit()
 
 

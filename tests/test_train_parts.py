@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import normfree
-from normfree.cli import UserError
+from normfree.errors import NormfreeError
 from normfree.train.checkpoint import load_checkpoint, save_checkpoint
 from normfree.train.config import TrainConfig
 from normfree.train.data import load_data, mix_batch, pad_crop_flip, step_generator
@@ -77,7 +77,7 @@ def test_npz_and_cifar_pickle_layouts(tmp_path):
     np.savez(tmp_path / "train.npz", x=rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8), y=np.arange(10) % 3)
     d = load_data(f"npz:{tmp_path}", "train", subset=4)
     assert len(d) == 4 and d.num_classes == 3 and d.x.dtype == torch.uint8
-    with pytest.raises(UserError, match="test.npz not found"):
+    with pytest.raises(NormfreeError, match="test.npz not found"):
         load_data(f"npz:{tmp_path}", "test")
     cifar = tmp_path / "cifar-10-batches-py"
     cifar.mkdir()
@@ -100,20 +100,20 @@ def test_config_yaml_roundtrip_and_unknown_keys(tmp_path):
     again = TrainConfig.from_yaml(tmp_path / "c.yaml", epochs=3)
     assert again.to_dict() == {**cfg.to_dict(), "epochs": 3}
     (tmp_path / "bad.yaml").write_text("lr: 0.1\nlearning_rate: 2\n")
-    with pytest.raises(UserError, match="learning_rate"):
+    with pytest.raises(NormfreeError, match="learning_rate"):
         TrainConfig.from_yaml(tmp_path / "bad.yaml")
-    with pytest.raises(UserError, match="lr must be > 0"):
+    with pytest.raises(NormfreeError, match="lr must be > 0"):
         TrainConfig(lr=-1)
 
 
 def test_checkpoint_refuses_non_finite_and_keeps_old_file(tmp_path):
     path = tmp_path / "ck.safetensors"
     save_checkpoint(path, {"w": torch.ones(2)}, {"step": 1})
-    with pytest.raises(UserError, match="non-finite"):
+    with pytest.raises(NormfreeError, match="non-finite"):
         save_checkpoint(path, {"w": torch.tensor([1.0, float("inf")])}, {"step": 2})
     tensors, meta = load_checkpoint(path)
     assert meta["step"] == 1 and torch.equal(tensors["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]  # no temp files left
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(NormfreeError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "junk.safetensors")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..bench import BenchConfig, BenchResult, run_benchmark
-from ..cli import UserError
+from ..errors import NormfreeError
 from ..deploy import deploy
 from ..registry import create_model, list_models
 from .spp import parse_spec
@@ -76,7 +76,7 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
     specs = {spec: parse_spec(spec) for spec in args.models}
     unknown = [spec for spec, (name, _) in specs.items() if name not in known]
     if unknown:
-        raise UserError(f"unknown model(s) {unknown}; `normfree models` lists all")
+        raise NormfreeError(f"unknown model(s) {unknown}; `normfree models` lists all")
     names, baseline, notes = list(args.models), {}, []
     if not args.no_baseline:
         for spec, (name, kwargs) in list(specs.items()):
@@ -94,7 +94,7 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
         try:
             models[spec] = create_model(name, **kwargs, **extra)
         except (TypeError, ValueError) as e:
-            raise UserError(f"cannot build {spec!r}: {e}") from e
+            raise NormfreeError(f"cannot build {spec!r}: {e}") from e
     wanted = any(TIMM_BASELINES.get(name) for name, _ in specs.values())
     if wanted and not args.no_baseline:
         try:
@@ -111,7 +111,7 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
     if args.grad_checkpointing:
         for name, model in models.items():
             if not hasattr(model, "set_grad_checkpointing"):
-                raise UserError(f"{name} has no set_grad_checkpointing()")
+                raise NormfreeError(f"{name} has no set_grad_checkpointing()")
             model.set_grad_checkpointing(True)
         notes.append("gradient checkpointing on every model")
     if args.deploy:
@@ -138,13 +138,13 @@ def _row(r: BenchResult, base: BenchResult | None, width: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.deploy and args.mode != "infer":
-        raise UserError("--deploy measures inference: add --infer")
+        raise NormfreeError("--deploy measures inference: add --infer")
     if args.grad_checkpointing and args.mode != "train":
-        raise UserError("--grad-checkpointing only changes training: drop --infer")
+        raise NormfreeError("--grad-checkpointing only changes training: drop --infer")
     if min(args.batch, args.size, args.repeats, args.steps) < 1 or args.warmup < 0:
-        raise UserError("--batch, --size, --repeats and --steps must be positive, --warmup >= 0")
+        raise NormfreeError("--batch, --size, --repeats and --steps must be positive, --warmup >= 0")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+        raise NormfreeError(f"--device {args.device}: CUDA is not available on this machine")
     if args.threads:
         torch.set_num_threads(args.threads)
     models, baseline, notes = _models(args)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..cli import UserError
+from ..errors import NormfreeError
 
 
 def load_torch_state_dict(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
@@ -18,7 +18,7 @@ def load_torch_state_dict(path: str, allow_pickle: bool) -> dict[str, torch.Tens
 
         return load_file(path)
     if not allow_pickle:
-        raise UserError(f"{path} is not a .safetensors file; loading it means unpickling it. Pass "
+        raise NormfreeError(f"{path} is not a .safetensors file; loading it means unpickling it. Pass "
                         "--allow-pickle only if you trust its source (torch.load(weights_only=True)).")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> None:
     from ..convert import from_deepmind, from_timm
 
     if not os.path.exists(args.src):
-        raise UserError(f"source checkpoint {args.src} does not exist")
+        raise NormfreeError(f"source checkpoint {args.src} does not exist")
     kwargs: dict[str, Any] = {} if args.num_classes is None else {"num_classes": args.num_classes}
     if args.source == "deepmind":
         model = from_deepmind(args.model, args.src, allow_pickle=args.allow_pickle, **kwargs)

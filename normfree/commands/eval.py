@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import copy
 
-from ..cli import UserError
+from ..errors import NormfreeError
 
 
 def evaluate_checkpoint(path: str, data: str | None = None, subset: int = 0, device: str = "auto",
@@ -24,7 +24,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, subset: int = 0, dev
     size = cfg.get("image_size") or getattr(model, "input_size", 224)
     test = load_data(data or cfg.get("data", "demo"), "test", subset, size, classes=meta.get("classes"))
     if int(test.y.max()) >= meta["num_classes"]:
-        raise UserError(f"{test.name} has labels up to {int(test.y.max())} but the checkpoint's model has "
+        raise NormfreeError(f"{test.name} has labels up to {int(test.y.max())} but the checkpoint's model has "
                         f"{meta['num_classes']} classes")
     mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..analysis import SPPResult, diagnose, plot_spp, save_csv, save_json, signal_propagation
 from ..analysis.spp import make_inputs
-from ..cli import UserError
+from ..errors import NormfreeError
 from ..registry import create_model, get_entry
 
 
@@ -25,7 +25,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     for item in filter(None, opts.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
-            raise UserError(f"bad model option {item!r} in {spec!r}; write NAME:key=value,key=value")
+            raise NormfreeError(f"bad model option {item!r} in {spec!r}; write NAME:key=value,key=value")
         try:
             kwargs[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
@@ -38,7 +38,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     torch state dict (optionally under a "state_dict"/"model" key)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise NormfreeError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -56,7 +56,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise UserError(f"checkpoint {path} does not fit the model: {err}") from None
+        raise NormfreeError(f"checkpoint {path} does not fit the model: {err}") from None
 
 
 def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
@@ -66,13 +66,13 @@ def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
     if path.is_dir():
         files = [path / "test.npz"] if (path / "test.npz").is_file() else sorted(path.glob("*.npz"))
         if not files:
-            raise UserError(f"no .npz file in {path}")
+            raise NormfreeError(f"no .npz file in {path}")
         path = files[0]
     if not path.is_file():
-        raise UserError(f"data {path} does not exist")
+        raise NormfreeError(f"data {path} does not exist")
     with np.load(path) as data:
         if "x" not in data:
-            raise UserError(f"{path} has no array 'x' (expected uint8 images N×H×W×C)")
+            raise NormfreeError(f"{path} has no array 'x' (expected uint8 images N×H×W×C)")
         x = torch.from_numpy(np.asarray(data["x"][:batch])).float().permute(0, 3, 1, 2) / 255
     x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     if x.shape[-1] != size or x.shape[-2] != size:
@@ -85,7 +85,7 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
             gradients: bool = False, seed: int = 0, device: str = "cpu") -> list[SPPResult]:
     """Build each model spec (``NAME[:key=value,...]``), measure its SPP; results are labelled by spec."""
     if checkpoint and len(specs) != 1:
-        raise UserError("--checkpoint needs exactly one model")
+        raise NormfreeError("--checkpoint needs exactly one model")
     results = []
     for spec in tqdm(specs, desc="SPP", unit="model", leave=False):
         name, kwargs = parse_spec(spec)
@@ -121,7 +121,7 @@ def write(results: Sequence[SPPResult], out: str | Path, title: str | None = Non
 
 def _run(args: argparse.Namespace) -> None:
     if args.batch < 2:
-        raise UserError(f"--batch {args.batch}: SPP statistics need a batch of at least 2")
+        raise NormfreeError(f"--batch {args.batch}: SPP statistics need a batch of at least 2")
     results = measure(args.models, batch=args.batch, input_size=args.input_size,
                       skipinit_gain=args.skipinit_gain, checkpoint=args.checkpoint, data=args.data,
                       gradients=args.grads, seed=args.seed, device=args.device)

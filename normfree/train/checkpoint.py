@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from ..cli import UserError
+from ..errors import CheckpointError
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -20,7 +20,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     good checkpoint."""
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise UserError(f"refusing to write checkpoint {path}: non-finite values in {bad[:3]}")
+        raise CheckpointError(f"refusing to write checkpoint {path}: non-finite values in {bad[:3]}")
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -36,18 +36,18 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata; a missing or unreadable file raises a one-paragraph ``UserError``."""
+    """Tensors and metadata; a missing or unreadable file raises a one-paragraph ``CheckpointError``."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("normfree", "null"))
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
     if not isinstance(meta, dict):
-        raise UserError(f"{path} is a safetensors file but not a normfree checkpoint (no metadata)")
+        raise CheckpointError(f"{path} is a safetensors file but not a normfree checkpoint (no metadata)")
     return tensors, meta
 
 

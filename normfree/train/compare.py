@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..cli import UserError
+from ..errors import NormfreeError
 from ..registry import get_entry
 from .config import TrainConfig
 
@@ -83,18 +83,18 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     from ..commands.spp import measure, parse_spec, write
 
     if not models:
-        raise UserError("give at least one model to compare")
+        raise NormfreeError("give at least one model to compare")
     if not batch_sizes or min(batch_sizes) < 1:
-        raise UserError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+        raise NormfreeError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     parsed = [parse_spec(s) for s in models]
     for name, _ in parsed:
         try:
             get_entry(name)
         except ValueError as err:
-            raise UserError(str(err)) from None
+            raise NormfreeError(str(err)) from None
     labels = [run_label(s) for s in models]
     if len(set(labels)) != len(labels):
-        raise UserError(f"the models {list(models)} are not distinct")
+        raise NormfreeError(f"the models {list(models)} are not distinct")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -116,7 +116,7 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
         with ProcessPoolExecutor(1, mp_context=ctx) as pool:
             try:
                 result = pool.submit(_train_one, cfg).result()
-            except UserError as err:  # e.g. a diverged loss: a result of the comparison, not a crash
+            except NormfreeError as err:  # e.g. a diverged loss: a result of the comparison, not a crash
                 result = {**dict.fromkeys(COLUMNS, float("nan")), "param_groups": "", "error": str(err)}
                 tqdm.write(f"{spec} batch {b}: failed: {err}")
         rows.append({**{k: result.get(k) for k in COLUMNS}, "model": spec, "batch_size": b, "lr": cfg.lr,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli import UserError
+from ..errors import ConfigError
 from .optim import PARAM_GROUP_KINDS
 
 LR_SCALE_FIELDS = ("skip_gain_lr_scale", "gain_lr_scale", "bias_lr_scale")
@@ -71,7 +71,7 @@ class TrainConfig:
                    f"param_groups must be one of {', '.join(PARAM_GROUP_KINDS)}")]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
-            raise UserError("invalid training config: " + "; ".join(bad))
+            raise ConfigError("invalid training config: " + "; ".join(bad))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +81,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise UserError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
         return cls(**values)
 
     @classmethod
@@ -97,11 +97,11 @@ class TrainConfig:
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist") from None
+            raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as err:
-            raise UserError(f"config file {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(values, dict):
-            raise UserError(f"config file {path} must hold a mapping of keys to values")
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         return values
 
     @classmethod

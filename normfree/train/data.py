@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import UserError
+from ..errors import DataError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -60,11 +60,11 @@ class FolderData:
 
     def __init__(self, root: Path, size: int, classes: list[str] | None = None) -> None:
         if importlib.util.find_spec("PIL") is None:  # fail before training starts, not at the first batch
-            raise UserError("ImageFolder data needs Pillow: pip install 'normfree[images]'")
+            raise DataError("ImageFolder data needs Pillow: pip install 'normfree[images]'")
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         self.classes = classes or found
         if not self.classes:
-            raise UserError(f"{root} has no class sub-folders (expected root/class_name/image.jpg)")
+            raise DataError(f"{root} has no class sub-folders (expected root/class_name/image.jpg)")
         files, labels = [], []
         for label, cls in enumerate(self.classes):
             for f in sorted((root / cls).rglob("*")) if (root / cls).is_dir() else []:
@@ -72,7 +72,7 @@ class FolderData:
                     files.append(f)
                     labels.append(label)
         if not files:
-            raise UserError(f"{root} has class folders but no images ({', '.join(IMAGE_EXTS)})")
+            raise DataError(f"{root} has class folders but no images ({', '.join(IMAGE_EXTS)})")
         self.files, self.y = files, torch.tensor(labels)
         self.num_classes, self.size, self.name = len(self.classes), size, f"imagefolder:{root}"
 
@@ -101,7 +101,7 @@ class FolderData:
                     im = im.crop((left, top, left + self.size, top + self.size))
                 return np.asarray(im, dtype=np.uint8)
         except (OSError, ValueError) as err:
-            raise UserError(f"cannot read image {self.files[i]}: {err}. Remove or replace the file.") from None
+            raise DataError(f"cannot read image {self.files[i]}: {err}. Remove or replace the file.") from None
 
     def batch(self, idx: torch.Tensor, train: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.stack([self._load(int(i), train, gen) for i in idx])
@@ -129,16 +129,16 @@ def _subset(d: ArrayData, n: int) -> ArrayData:
 def _npz(root: Path, split: str) -> ArrayData:
     path = root / f"{split}.npz"
     if not path.is_file():
-        raise UserError(f"{path} not found: an npz data folder holds train.npz and test.npz with "
+        raise DataError(f"{path} not found: an npz data folder holds train.npz and test.npz with "
                         "'x' (uint8 N×H×W×C) and 'y' (integer labels)")
     with np.load(path) as f:
         if "x" not in f or "y" not in f:
-            raise UserError(f"{path} must contain arrays 'x' and 'y', found {sorted(f.files)}")
+            raise DataError(f"{path} must contain arrays 'x' and 'y', found {sorted(f.files)}")
         x, y = f["x"], f["y"]
     if x.ndim == 3:
         x = x[..., None]
     if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
-        raise UserError(f"{path}: 'x' must be uint8 N×H×W×C with one label per image, "
+        raise DataError(f"{path}: 'x' must be uint8 N×H×W×C with one label per image, "
                         f"got {x.dtype} {x.shape} and {len(y)} labels")
     return ArrayData(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), int(y.max()) + 1,
                      f"npz:{root}")
@@ -152,7 +152,7 @@ def _cifar(root: Path, split: str, hundred: bool) -> ArrayData:
     xs, ys = [], []
     for n in names:
         if not (base / n).is_file():
-            raise UserError(f"{base / n} not found: expected the python-pickle CIFAR layout "
+            raise DataError(f"{base / n} not found: expected the python-pickle CIFAR layout "
                             f"({'cifar-100-python' if hundred else 'cifar-10-batches-py'}/)")
         with open(base / n, "rb") as f:  # the official CIFAR format is a pickle of plain arrays
             d = pickle.load(f, encoding="latin1")
@@ -167,7 +167,7 @@ def _demo(split: str) -> ArrayData:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise UserError("the demo data set needs scikit-learn: pip install 'normfree[demo]'") from None
+        raise DataError("the demo data set needs scikit-learn: pip install 'normfree[demo]'") from None
     d = load_digits()
     x = torch.from_numpy((d.images * (255 / 16)).round().astype(np.uint8))[..., None]
     y = torch.from_numpy(d.target.astype(np.int64))
@@ -194,11 +194,11 @@ def load_data(spec: str, split: str, subset: int = 0, size: int = 224,
     if kind == "synthetic":
         return _subset(_synthetic(split), subset)
     if kind not in ("npz", "cifar10", "cifar100", "imagefolder"):
-        raise UserError(f"unknown data spec {spec!r}; use demo, synthetic, npz:DIR, cifar10:DIR, "
+        raise DataError(f"unknown data spec {spec!r}; use demo, synthetic, npz:DIR, cifar10:DIR, "
                         "cifar100:DIR or imagefolder:DIR")
     root = Path(path)
     if not path or not root.is_dir():
-        raise UserError(f"data folder {path!r} does not exist")
+        raise DataError(f"data folder {path!r} does not exist")
     if kind == "imagefolder":
         sub = root / ("train" if split == "train" else "val")
         if not sub.is_dir() and split != "train":
@@ -206,7 +206,7 @@ def load_data(spec: str, split: str, subset: int = 0, size: int = 224,
         return FolderData(sub if sub.is_dir() else root, size, classes)
     data = _npz(root, split) if kind == "npz" else _cifar(root, split, kind == "cifar100")
     if len(data) == 0:
-        raise UserError(f"{data.name} ({split}) holds no images")
+        raise DataError(f"{data.name} ({split}) holds no images")
     return _subset(data, subset)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ..cli import UserError
+from ..errors import ConfigError
 
 _PACKAGE = "normfree.recipes"
 
@@ -34,7 +34,7 @@ def recipe_description(name: str) -> str:
 def _read(name: str) -> dict[str, Any]:
     files = _files()
     if name not in files:
-        raise UserError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(files))} "
+        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(files))} "
                         "(normfree recipes prints their values)")
     return yaml.safe_load(files[name].read_text()) or {}
 

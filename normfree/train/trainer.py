@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cli import UserError
+from ..errors import NormfreeError
 from ..registry import create_model
 from ..analysis import SPPRecorder
 from ..analysis.spp import load_json
@@ -37,7 +37,7 @@ def ensure_writable(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"cannot write to output folder {run_dir}: {err.strerror or err}. "
+        raise NormfreeError(f"cannot write to output folder {run_dir}: {err.strerror or err}. "
                         "Choose another --out-dir.") from None
 
 
@@ -46,7 +46,7 @@ def build_model(name: str, num_classes: int, in_chans: int, kwargs: dict[str, An
     try:
         return create_model(name, num_classes=num_classes, **extra, **kwargs)
     except (ValueError, TypeError) as err:
-        raise UserError(str(err)) from None
+        raise NormfreeError(str(err)) from None
 
 
 def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -107,7 +107,7 @@ class Trainer:
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
+            raise NormfreeError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
         self.run_dir = Path(cfg.out_dir)
         if self.dist.main:
             ensure_writable(self.run_dir)
@@ -122,11 +122,11 @@ class Trainer:
         data_classes = int(max(self.train_data.y.max(), self.test_data.y.max())) + 1
         num_classes = cfg.num_classes or max(data_classes, self.train_data.num_classes)
         if data_classes > num_classes:
-            raise UserError(f"the data has labels up to {data_classes - 1} ({data_classes} classes) but "
+            raise NormfreeError(f"the data has labels up to {data_classes - 1} ({data_classes} classes) but "
                             f"num_classes is {num_classes}; fix --num-classes or the data")
         in_chans = self.train_data.x.shape[-1] if isinstance(self.train_data, ArrayData) else 3
         if meta and meta.get("model") != cfg.model:
-            raise UserError(f"checkpoint {resume} was trained with model {meta.get('model')!r}, not "
+            raise NormfreeError(f"checkpoint {resume} was trained with model {meta.get('model')!r}, not "
                             f"{cfg.model!r}; resume with the same --model or start a new run")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
         self.model = build_model(cfg.model, num_classes, in_chans, cfg.model_kwargs).to(self.device)
@@ -143,7 +143,7 @@ class Trainer:
 
         if cfg.grad_checkpointing:
             if not hasattr(self.model, "set_grad_checkpointing"):
-                raise UserError(f"{cfg.model} does not support --grad-checkpointing")
+                raise NormfreeError(f"{cfg.model} does not support --grad-checkpointing")
             self.model.set_grad_checkpointing(True)
         self.gpu = self.device.type == "cuda"
         self.channels_last = cfg.channels_last and self.gpu
@@ -151,12 +151,12 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         world_micro = self.dist.world * cfg.accum_steps
         if cfg.batch_size % world_micro:
-            raise UserError(f"batch_size {cfg.batch_size} must be divisible by world size × accum_steps "
+            raise NormfreeError(f"batch_size {cfg.batch_size} must be divisible by world size × accum_steps "
                             f"= {world_micro}")
         self.micro = cfg.batch_size // world_micro
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(self.train_data)} "
+            raise NormfreeError(f"batch_size {cfg.batch_size} is larger than the {len(self.train_data)} "
                             "training images; lower --batch-size")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
@@ -207,7 +207,7 @@ class Trainer:
         weights = split_prefix(tensors, "model")
         mismatch = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
         if mismatch or meta.get("num_classes") != self.meta_static["num_classes"]:
-            raise UserError(f"checkpoint {path} does not fit {self.cfg.model} with "
+            raise NormfreeError(f"checkpoint {path} does not fit {self.cfg.model} with "
                             f"{self.meta_static['num_classes']} classes (mismatched: {mismatch[:3]}); "
                             "it was saved by a different model or data set")
         self.model.load_state_dict(weights)
@@ -251,7 +251,7 @@ class Trainer:
             total /= self.dist.world
         value = float(total)
         if not math.isfinite(value):
-            raise UserError(
+            raise NormfreeError(
                 f"the training loss became {value} at step {self.step} (epoch {self.step // self.steps_per_epoch}"
                 f"); training stopped and no checkpoint was written, so the last good one in {self.run_dir} is "
                 f"intact. Try a lower --lr (now {cfg.lr}), adaptive gradient clipping (--agc-clip 0.01"
@@ -343,10 +343,10 @@ class Trainer:
                                         for k, v in last.items() if k != "kind"))
         except KeyboardInterrupt:
             if self._updating:
-                raise UserError(f"interrupted during a weight update at step {self.step}; the last epoch "
+                raise NormfreeError(f"interrupted during a weight update at step {self.step}; the last epoch "
                                 f"checkpoint in {self.run_dir} is intact, resume from it") from None
             path = self.save("last.safetensors", {"interrupted": True})
-            raise UserError(f"interrupted at step {self.step}; saved a resumable checkpoint {path}. Continue "
+            raise NormfreeError(f"interrupted at step {self.step}; saved a resumable checkpoint {path}. Continue "
                             f"with: normfree train --resume {path}") from None
         finally:
             self.logger.close()
