@@ -356,6 +356,7 @@ class Trainer:
         summary = {"model": self.cfg.model, "data": self.cfg.data, "steps": self.step, "epochs_done":
                    self.step / self.steps_per_epoch, "wall_time_s": wall,
                    "total_wall_time_s": self.elapsed_before + wall, "world_size": self.dist.world,
+                   "train_images": len(self.train_data), "test_images": len(self.test_data),
                    "device": str(self.device), "params": sum(p.numel() for p in self.model.parameters()),
                    "best_top1": self.best_top1, **{k: v for k, v in last.items() if k != "kind"}}
         if self.dist.enabled:

@@ -1,0 +1,205 @@
+"""Named recipes, the levers they set (per-role lr, flip TTA), and the CIFAR-10 lane runner/summarizer."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import normfree
+from normfree.cli import build_parser, main
+from normfree.commands.train import config_from_args
+from normfree.train import Trainer, TrainConfig, evaluate
+from normfree.train.data import ArrayData
+from normfree.train.optim import build_param_groups, param_role
+from normfree.train.recipes import layer_values, list_recipes, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "cifar10_nf_vs_bn"
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_shipped_recipes_are_valid_configs():
+    names = list_recipes()
+    assert {"nf_paper", "bn_paper", "nf_cifar", "bn_cifar"} <= set(names)
+    for name in names:
+        cfg = TrainConfig.from_dict(load_recipe(name))
+        assert cfg.recipe == name
+        normfree.create_model(cfg.model, **cfg.model_kwargs)  # the model options exist
+
+
+def test_paper_recipe_is_the_official_default():
+    """nf_paper is TrainConfig's documented default recipe with the official model: nothing tuned."""
+    paper = TrainConfig.from_dict(load_recipe("nf_paper")).to_dict()
+    default = TrainConfig(recipe="nf_paper").to_dict()
+    assert paper == default
+    model = normfree.create_model("nf_cifar_resnet20")
+    assert all(float(b.skip_gain.detach()) == 0.0 for b in model.modules() if getattr(b, "skip_gain", None) is not None)
+
+
+def test_flags_override_recipe_and_model_kwargs_merge():
+    cfg = config_from_args(_args(["--recipe", "nf_cifar", "--lr", "0.3", "--model-kwargs", '{"alpha": 0.3}']))
+    recipe = load_recipe("nf_cifar")
+    assert cfg.lr == 0.3 and cfg.label_smoothing == recipe["label_smoothing"] > 0
+    assert cfg.model_kwargs == {**recipe["model_kwargs"], "alpha": 0.3}
+    assert cfg.recipe == "nf_cifar"
+
+
+def test_config_file_sits_between_recipe_and_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"lr": 0.05, "ema_decay": 0.0, "model_kwargs": {"stochdepth_rate": 0.2}}))
+    cfg = config_from_args(_args(["--recipe", "nf_cifar", "--config", str(path), "--ema-decay", "0.99"]))
+    assert (cfg.lr, cfg.ema_decay) == (0.05, 0.99)
+    assert cfg.model_kwargs == {"skipinit_gain": 1.0, "stochdepth_rate": 0.2}
+
+
+def test_layer_values_merges_only_model_kwargs():
+    out = layer_values({"model_kwargs": {"a": 1}, "lr": 1}, {"model_kwargs": {"b": 2}, "lr": 2})
+    assert out == {"model_kwargs": {"a": 1, "b": 2}, "lr": 2}
+
+
+def test_unknown_recipe_is_one_line_listing_known(capsys):
+    assert main(["train", "--recipe", "nf_cifr", "--data", "demo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nf_cifr" in err and "nf_cifar" in err and "bn_paper" in err
+
+
+def test_recipes_command_and_train_recipe_list_print_values(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert main(["train", "--recipe", "list"]) == 0
+    assert capsys.readouterr().out == out
+    for name in list_recipes():
+        assert f"{name}: " in out
+    assert "label_smoothing: 0.1" in out and "skipinit_gain" in out
+    assert main(["recipes", "--names"]) == 0
+    assert capsys.readouterr().out.split() == list_recipes()
+
+
+def test_param_roles():
+    model = normfree.create_model("nf_cifar_resnet20", width=0.5, use_se=True)
+    roles = {n: param_role(n, p) for n, p in model.named_parameters()}
+    assert roles["stages.0.0.skip_gain"] == "skip_gain"
+    assert roles["stem.conv.gain"] == "gain" and roles["stem.conv.bias"] == "bias"
+    assert roles["stem.conv.weight"] == "weight" and roles["fc.weight"] == "weight"
+    bn = normfree.create_model("bn_cifar_resnet20", width=0.5)
+    norm_weights = [(f"{mn}.weight", m.weight) for mn, m in bn.named_modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norm_weights and {param_role(n, p) for n, p in norm_weights} == {"gain"}
+
+
+def test_role_lr_scales_multiply_each_params_lr():
+    model = normfree.create_model("nf_cifar_resnet20", width=0.5)
+    scales = {"skip_gain": 10.0, "gain": 2.0, "bias": 0.5}
+    groups = build_param_groups(model, "default", 0.1, 5e-4, scales)
+    base = {id(p): g["lr_scale"] for g in build_param_groups(model, "default", 0.1, 5e-4) for p in g["params"]}
+    seen = {}
+    for g in groups:
+        for p in g["params"]:
+            seen[id(p)] = g["lr_scale"]
+    names = dict(model.named_parameters())
+    assert len(seen) == len(names)  # every parameter exactly once
+    for n, p in names.items():
+        leaf = n.rsplit(".", 1)[-1]
+        want = 10.0 if leaf == "skip_gain" else 2.0 if leaf == "gain" else 0.5 if leaf == "bias" else 1.0
+        assert seen[id(p)] == pytest.approx(base[id(p)] * want), n
+
+
+def test_skip_gain_lr_scale_reaches_the_optimizer(tmp_path):
+    """With the skip gains' lr multiplier at 0 they stay at their initial value while training moves the rest."""
+    cfg = TrainConfig(model="nf_cifar_resnet20", model_kwargs={"width": 0.25, "skipinit_gain": 0.5},
+                      data="demo", epochs=1, batch_size=64, train_subset=256, test_subset=64, eval_every=1,
+                      skip_gain_lr_scale=0.0, out_dir=str(tmp_path), device="cpu")
+    trainer = Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    for n, p in trainer.model.named_parameters():
+        if n.endswith("skip_gain"):
+            assert torch.equal(p, before[n]), n
+    assert not torch.equal(trainer.model.fc.weight, before["fc.weight"])
+
+
+def test_flip_tta_matches_manual_mirror_average():
+    torch.manual_seed(0)
+    model = normfree.create_model("nf_cifar_resnet20", width=0.25, skipinit_gain=1.0, num_classes=4).eval()
+    x = torch.randint(0, 256, (40, 8, 8, 3), dtype=torch.uint8)
+    y = torch.randint(0, 4, (40,))
+    data = ArrayData(x, y, 4, "t")
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    out = evaluate(model, data, mean, std, torch.device("cpu"), batch_size=16, flip=True)
+    inp = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        plain, mirror = model(inp), model(inp.flip(3))
+    assert out["top1"] == pytest.approx(100 * (plain.argmax(1) == y).float().mean().item())
+    assert out["top1_flip"] == pytest.approx(100 * ((plain + mirror).argmax(1) == y).float().mean().item())
+    assert not torch.equal(plain.argmax(1), (plain + mirror).argmax(1))  # the mirror changes some predictions
+    assert "top1_flip" not in evaluate(model, data, mean, std, torch.device("cpu"), batch_size=16)
+
+
+def test_wall_time_accumulates_over_resume(tmp_path):
+    kw = dict(model="nf_cifar_resnet20", model_kwargs={"width": 0.25}, data="demo", batch_size=64,
+              train_subset=128, test_subset=32, out_dir=str(tmp_path), device="cpu")
+    first = Trainer(TrainConfig(epochs=1, **kw)).fit()
+    second = Trainer(TrainConfig(epochs=2, **kw), resume=tmp_path / "last.safetensors").fit()
+    assert second["total_wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"], rel=0.2)
+    assert second["train_images"] == 128 and second["test_images"] == 32
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lane_plan_order_and_stale_locks(tmp_path, monkeypatch):
+    lanes = _module("lanes")
+    monkeypatch.setattr(lanes, "EXP", tmp_path)
+    plan = {"common": {"tta_flip": True}, "stages": [
+        {"name": "a", "table": "t", "common": {"epochs": 2},
+         "runs": [{"name": "x", "recipe": "nf_paper", "seeds": [0, 1]},
+                  {"name": "y", "recipe": "bn_paper", "seeds": [0, 1, 2], "set": {"lr": 0.2}}]}]}
+    runs = list(lanes.expand(plan))
+    assert [(r["name"], r["seed"]) for r in runs] == [("x", 0), ("y", 0), ("x", 1), ("y", 1), ("y", 2)]
+    assert runs[1]["values"] == {"tta_flip": True, "epochs": 2, "lr": 0.2, "seed": 0}
+    assert lanes.flags({"model_kwargs": {"a": 1}, "tta_flip": True}) == [
+        "--model-kwargs", '{"a": 1}', "--tta-flip", "true"]
+    d = tmp_path / "run"
+    assert lanes.claim(d) and not lanes.claim(d)  # held by this (live) process
+    (d / ".lane.lock").write_text("999999999")  # a dead lane's lock
+    assert lanes.claim(d)
+
+
+def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
+    summarize = _module("summarize")
+    run = tmp_path / "headline_b64" / "nf_x_s3"
+    cfg = TrainConfig.from_dict(load_recipe("nf_cifar"))
+    cfg = dataclasses.replace(cfg, data="demo", epochs=2, batch_size=64, train_subset=192, test_subset=64,
+                              seed=3, lr=0.2, tta_flip=False, out_dir=str(run), device="cpu",
+                              model_kwargs={**cfg.model_kwargs, "width": 0.25})
+    Trainer(cfg).fit()
+    monkeypatch.setattr(summarize, "EXP", tmp_path)
+    rows = summarize.collect()
+    assert len(rows) == 1
+    r = rows[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert r["recipe"] == "nf_cifar+width=0.25+lr=0.2"
+    assert (r["net"], r["batch"], r["epochs"], r["seed"], r["train_images"], r["test_images"]) == (
+        "nf", 64, 2, 3, 192, 64)
+    assert r["top1"] == summary["ema_test_top1"] and r["top1_flip"] is None  # EMA weights are the kept ones
+    assert [e for e, _ in r["curve"]] == [1, 2]
+    summarize.write_csv(rows, tmp_path / "r.csv")
+    header, line = (tmp_path / "r.csv").read_text().splitlines()
+    assert header == ",".join(summarize.COLUMNS) and ",nf_cifar+width=0.25+lr=0.2,64,2,3,192,64," in line
+    summarize.figure(rows, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert os.path.getsize(tmp_path / "r.csv") > 0
