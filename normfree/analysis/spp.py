@@ -19,6 +19,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..errors import DataError, ModelSpecError
+from ..models.blocks import unfolded
 from .blocks import Block, find_blocks
 from .grads import LossFn, gradient_stats
 from .stats import channel_stats, first_tensor
@@ -175,13 +177,13 @@ def make_inputs(model: nn.Module, input_shape: Sequence[int] | None = None, seed
 def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
     """Clear errors for batches the statistics cannot be measured on."""
     if x.ndim < 2:
-        raise ValueError(f"expected a batch with channels on dim 1, got shape {tuple(x.shape)}")
+        raise DataError(f"expected a batch with channels on dim 1, got shape {tuple(x.shape)}")
     if x.shape[0] < 2:
-        raise ValueError(f"batch of {x.shape[0]}: SPP statistics (and BatchNorm batch statistics) need "
+        raise DataError(f"batch of {x.shape[0]}: SPP statistics (and BatchNorm batch statistics) need "
                          "at least 2 examples; use a batch of 8 or more")
     channels = _input_channels(model)
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"input has {x.shape[1]} channels but the model's first conv expects {channels}"
+        raise DataError(f"input has {x.shape[1]} channels but the model's first conv expects {channels}"
                          f" (input shape {tuple(x.shape)}; channels go on dim 1, NCHW)")
 
 
@@ -207,7 +209,8 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
             found automatically (see :func:`~normfree.analysis.blocks.find_blocks`).
         gradients: also measure the gradient at every block output (see :mod:`.grads`), for
             ``loss_fn(output, labels)``; default cross-entropy on seeded random labels.
-    The model is measured in :func:`measurement_mode` and left exactly as it was.
+    The model is measured in :func:`measurement_mode`, its blocks on the plain path (the hooks read
+    their branches; see :func:`~normfree.models.blocks.unfolded`), and left exactly as it was.
     """
     found = find_blocks(model, blocks, branch)
     x = make_inputs(model, input_shape, seed) if inputs is None else inputs
@@ -240,7 +243,7 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
         if b.branch_end is not None:
             handles.append(b.branch_end.register_forward_hook(on_branch(b.name)))
     try:
-        with measurement_mode(model), torch.set_grad_enabled(gradients):
+        with measurement_mode(model), unfolded(model), torch.set_grad_enabled(gradients):
             logits = model(x.detach().requires_grad_(True) if gradients else x)
             grads = None
             if gradients:
@@ -250,7 +253,7 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
             h.remove()
     missing = [b.name for b in found if b.name not in block_stats]
     if missing:
-        raise ValueError(f"blocks {missing} were never called by the model's forward")
+        raise ModelSpecError(f"blocks {missing} were never called by the model's forward")
     order = list(block_stats)
     by_name = {b.name: b for b in found}
     return SPPResult(

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 from typing import Any, Literal, Sequence
 
+import torch
+
+from ..errors import ModelSpecError
 from ..layers import LayerFactory, MaxPoolSame
 from ..layers.conv import Padding
 from ..layers.factory import NormOrder
 from ..layers.norms import input_batch_norm
 from .baselines import BASELINES, fixup_init
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
-from .net import ResNet, named_seq
+from .net import ResidualNetwork, named_seq
+from .variants import CIFAR10_MEAN, CIFAR10_STD, pretrained_cfg
 
 IMAGENET_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
@@ -36,14 +40,14 @@ def _stage_depths(depth: int | Sequence[int], small_input: bool) -> tuple[int, .
     if not isinstance(depth, int):
         depths = tuple(int(d) for d in depth)
         if len(depths) != (3 if small_input else 4) or min(depths) < 1:
-            raise ValueError(f"expected {3 if small_input else 4} positive stage depths, got {depth}")
+            raise ModelSpecError(f"expected {3 if small_input else 4} positive stage depths, got {depth}")
         return depths
     if small_input:
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"small-input ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth}")
+            raise ModelSpecError(f"small-input ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth}")
         return ((depth - 2) // 6,) * 3
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(f"unknown ResNet depth {depth}; choose one of {sorted(IMAGENET_DEPTHS)} "
+        raise ModelSpecError(f"unknown ResNet depth {depth}; choose one of {sorted(IMAGENET_DEPTHS)} "
                          "or pass four stage depths")
     return IMAGENET_DEPTHS[depth]
 
@@ -56,7 +60,8 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
            padding: Padding = "same", shortcut: ShortcutKind = "conv",
            stochdepth_scale: bool = False, fc_init_std: float = 0.01, in_chans: int = 3,
            norm_order: NormOrder = "norm_act", norm_kwargs: dict[str, Any] | None = None,
-           input_norm: bool = False, fixup: bool = False) -> ResNet:
+           input_norm: bool = False, fixup: bool = False, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> ResidualNetwork:
     """Build an NF-ResNet (``norm=None``) or its normalized twin.
 
     Args:
@@ -65,11 +70,13 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         width: channel multiplier; ImageNet default 4 gives [256, 512, 1024, 2048] as officially.
         norm: None (normalizer-free) or a key of :data:`~normfree.layers.NORMS` (``"bn"``, ``"gn"``,
             ``"evonorm_b0"``, ``"evonorm_s0"``).
-        alpha: variance added per block; ignored by normalized nets. None: no α/β at all, a plain
-            residual sum (SkipInit, Fixup).
+        alpha: variance added per block (normalizer-free nets; normalized nets have α = 1 and their
+            registered names reject the option). None: no α/β at all, a plain residual sum (SkipInit,
+            Fixup).
         stochdepth_rate: the last block's drop rate approaches this (official rate·i/N schedule).
         drop_rate: dropout before the classifier (the official code requires one; 0 here).
-        skipinit_gain: initial value of each block's scalar branch gain (0 officially; 1 for analysis).
+        skipinit_gain: initial value of each block's scalar branch gain (0 officially; 1 for analysis);
+            normalized nets have no gain.
         std_conv: Scaled WS (True) or plain He-initialized convs (to study the mean shift).
         ws / padding / shortcut / stochdepth_scale: official behaviour by default; ``ws="timm"``,
             ``padding="symmetric"``, ``shortcut="avgpool_conv"`` and ``stochdepth_scale=True`` match timm.
@@ -81,18 +88,21 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         fixup: Fixup (Zhang et al. 2019): post-activation blocks with scalar biases, the skip gain as
             the per-branch multiplier (pass ``skipinit_gain=1``, ``alpha=None``, ``std_conv=False``),
             and Fixup's initialization (:func:`~normfree.models.baselines.fixup_init`).
+        device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
     """
     depths = _stage_depths(depth, small_input)
     if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+        raise ModelSpecError(f"width must be positive, got {width}")
     if fixup and (alpha is not None or skipinit_gain == 0):
-        raise ValueError("Fixup has no α/β and its branch multiplier starts at 1: "
+        raise ModelSpecError("Fixup has no α/β and its branch multiplier starts at 1: "
                          "pass alpha=None and skipinit_gain=1")
     layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding,
-                          norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup)
+                          norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup,
+                          device=device, dtype=dtype)
     first = {}
     if input_norm:
-        first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0))
+        first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0),
+                                               **layers.factory_kwargs)
     strides: tuple[int, ...]
     if small_input:
         widths = [max(1, int(c * width)) for c in (16, 32, 64)]
@@ -121,12 +131,19 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
                              skipinit_gain=skipinit_gain)
 
     stages, expected = build_stages(stem_ch, depths, block_fn, alpha or 0.0, stochdepth_rate)
-    model = ResNet(stem, stages, layers.final_layer(widths[-1]), widths[-1], num_classes, drop_rate,
-                   fc_init_std, expected if layers.normalizer_free and alpha is not None else None,
-                   input_size=32 if small_input else 224)
-    if fixup:
-        fixup_init(model)
+    cfg = (pretrained_cfg(num_classes, 32, 32, policy="none", interpolation="bilinear",
+                          mean=CIFAR10_MEAN, std=CIFAR10_STD) if small_input
+           else pretrained_cfg(num_classes, 224, 224))
+    model = ResidualNetwork(stem, stages, layers.final_layer(widths[-1]), widths[-1], num_classes,
+                            drop_rate, fc_init_std,
+                            expected if layers.normalizer_free and alpha is not None else None, cfg,
+                            extra_init=fixup_init if fixup else None, **layers.factory_kwargs)
     return model
+
+
+NF_ONLY = {"alpha": "a normalized network has no α (its blocks add the branch with weight 1)",
+           "skipinit_gain": "a normalized network has no skip gain"}
+"""Options that the normalized baselines reject (``create_model`` raises ``ModelOptionError``)."""
 
 
 def _register() -> None:
@@ -137,7 +154,7 @@ def _register() -> None:
         register_model(f"nf_resnet{d}", resnet, fixed={"depth": d}, family="nf_resnet",
                        description=f"NF-ResNet-{d}, official DeepMind structure")
         register_model(f"bn_resnet{d}", resnet, fixed={"depth": d, "norm": "bn"},
-                       defaults=bn_defaults, family="bn_resnet",
+                       defaults=bn_defaults, family="bn_resnet", unsupported=NF_ONLY,
                        description=f"pre-activation BN-ResNet-{d}, twin of nf_resnet{d}")
     small = [("cifar_resnet20", 20, 1), ("cifar_resnet56", 56, 1), ("cifar_resnet110", 110, 1),
              ("wrn16_4", (2, 2, 2), 4), ("wrn28_10", (4, 4, 4), 10)]
@@ -148,6 +165,7 @@ def _register() -> None:
                        description=f"NF {label} for 32x32 inputs")
         register_model(f"bn_{name}", resnet, fixed={"depth": depth, "small_input": True, "norm": "bn"},
                        defaults={"width": width, "num_classes": 10, **bn_defaults}, family="bn_cifar",
+                       unsupported=NF_ONLY,
                        description=f"BN {label} for 32x32 inputs, twin of nf_{name}")
     arches: list[tuple[str, dict[str, Any], dict[str, Any], str, str]]
     arches = [(f"resnet{d}", {"depth": d}, {}, f"ResNet-{d}", "resnet") for d in IMAGENET_DEPTHS]
@@ -158,6 +176,7 @@ def _register() -> None:
         for arch, fixed, defaults, label, family in arches:
             register_model(f"{prefix}_{arch}", resnet, fixed={**fixed, **base.fixed},
                            defaults={**defaults, **base.defaults}, family=f"{prefix}_{family}",
+                           unsupported=NF_ONLY if "norm" in base.fixed else {},
                            description=f"{base.label} {label}, twin of nf_{arch}")
 
 

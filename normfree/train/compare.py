@@ -21,8 +21,9 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..analysis.measure import measure, write
 from ..errors import NormfreeError
-from ..registry import get_entry
+from ..registry import get_entry, parse_model_spec
 from .config import TrainConfig
 
 COLUMNS = ("model", "batch_size", "lr", "param_groups", "steps", "first_loss", "final_train_loss",
@@ -80,18 +81,13 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     ``train_kwargs`` are further :class:`TrainConfig` fields. A run that fails (a diverged loss) gets
     a row with its error and NaN numbers; the others still run.
     """
-    from ..commands.spp import measure, parse_spec, write
-
     if not models:
         raise NormfreeError("give at least one model to compare")
     if not batch_sizes or min(batch_sizes) < 1:
         raise NormfreeError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
-    parsed = [parse_spec(s) for s in models]
+    parsed = [parse_model_spec(s) for s in models]
     for name, _ in parsed:
-        try:
-            get_entry(name)
-        except ValueError as err:
-            raise NormfreeError(str(err)) from None
+        get_entry(name)  # an unknown name fails here, before any run starts
     labels = [run_label(s) for s in models]
     if len(set(labels)) != len(labels):
         raise NormfreeError(f"the models {list(models)} are not distinct")

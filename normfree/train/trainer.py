@@ -27,8 +27,6 @@ from .distributed import Dist, init_distributed, resolve_device
 from .metrics import MetricLogger, plot_run
 from .optim import ModelEMA, build_param_groups, lr_at
 
-CHECKPOINT_FORMAT = 1
-
 
 def ensure_writable(run_dir: Path) -> None:
     try:
@@ -137,7 +135,7 @@ class Trainer:
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.meta_static: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
+            "model": cfg.model, "model_kwargs": cfg.model_kwargs,
             "num_classes": num_classes, "in_chans": in_chans, "mean": mean, "std": std,
             "classes": getattr(self.train_data, "classes", None)}
 
