@@ -197,7 +197,7 @@ def test_grad_checkpointing_same_gradients_less_memory(name):
 
 
 def test_nf_training_step_peak_memory_below_bn_twin():
-    """The folded path keeps one tensor per activation and no stage output beyond its use (issue 7's
+    """The folded path keeps one tensor per activation and no stage output beyond its use (the speed target's
     memory target at small scale; counted by the same allocator trace as `normfree bench`)."""
     from normfree.bench import BenchConfig, make_step, step_peak_memory
 
