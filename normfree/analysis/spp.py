@@ -215,52 +215,66 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
     found = find_blocks(model, blocks, branch)
     x = make_inputs(model, input_shape, seed) if inputs is None else inputs
     check_inputs(model, x)
-    stem: list[tuple[float, float]] = []
-    block_stats: dict[str, tuple[float, float]] = {}  # in forward order
-    outputs: list[torch.Tensor] = []  # kept only for the backward pass
-    branch_stats: dict[str, float] = {}
+    taps = _Taps(found, keep_outputs=gradients)
+    with taps.attached(), measurement_mode(model), unfolded(model), torch.set_grad_enabled(gradients):
+        logits = model(x.detach().requires_grad_(True) if gradients else x)
+        grads = gradient_stats(taps.outputs, logits, loss_fn, seed) if gradients else None
+    return taps.result(model, x, grads)
 
-    def on_stem(_m: nn.Module, args: tuple) -> None:
-        if not stem:
-            stem.append(channel_stats(first_tensor(args)))
 
-    def on_block(name: str) -> Callable:
+class _Taps:
+    """Forward hooks on the stem input, every block output and every branch end; each records the first
+    call only (a block called twice is measured once)."""
+
+    def __init__(self, found: list[Block], keep_outputs: bool) -> None:
+        self.found, self.keep_outputs = found, keep_outputs
+        self.stem: list[tuple[float, float]] = []
+        self.blocks: dict[str, tuple[float, float]] = {}  # in forward order
+        self.branches: dict[str, float] = {}
+        self.outputs: list[torch.Tensor] = []  # block outputs, kept only for the backward pass
+
+    def _on_stem(self, _m: nn.Module, args: tuple) -> None:
+        if not self.stem:
+            self.stem.append(channel_stats(first_tensor(args)))
+
+    def _on_block(self, name: str) -> Callable:
         def hook(_m: nn.Module, _args: tuple, out: object) -> None:
-            if name not in block_stats:
-                block_stats[name] = channel_stats(first_tensor(out))
-                if gradients:
-                    outputs.append(first_tensor(out))
+            if name not in self.blocks:
+                self.blocks[name] = channel_stats(first_tensor(out))
+                if self.keep_outputs:
+                    self.outputs.append(first_tensor(out))
         return hook
 
-    def on_branch(name: str) -> Callable:
+    def _on_branch(self, name: str) -> Callable:
         def hook(_m: nn.Module, _args: tuple, out: object) -> None:
-            branch_stats.setdefault(name, channel_stats(first_tensor(out))[1])
+            self.branches.setdefault(name, channel_stats(first_tensor(out))[1])
         return hook
 
-    handles = [found[0].module.register_forward_pre_hook(on_stem)]
-    for b in found:
-        handles.append(b.module.register_forward_hook(on_block(b.name)))
-        if b.branch_end is not None:
-            handles.append(b.branch_end.register_forward_hook(on_branch(b.name)))
-    try:
-        with measurement_mode(model), unfolded(model), torch.set_grad_enabled(gradients):
-            logits = model(x.detach().requires_grad_(True) if gradients else x)
-            grads = None
-            if gradients:
-                grads = gradient_stats(outputs, logits, loss_fn, seed)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [b.name for b in found if b.name not in block_stats]
-    if missing:
-        raise ModelSpecError(f"blocks {missing} were never called by the model's forward")
-    order = list(block_stats)
-    by_name = {b.name: b for b in found}
-    return SPPResult(
-        model=str(getattr(model, "model_name", type(model).__name__)), input_shape=list(x.shape),
-        names=order, transition=[by_name[n].transition for n in order],
-        stem_sq_mean=stem[0][0], stem_var=stem[0][1],
-        sq_mean=[block_stats[n][0] for n in order], var=[block_stats[n][1] for n in order],
-        res_var=[branch_stats.get(n) for n in order],
-        expected_var=_expected_var(model, [by_name[n] for n in order]),
-        grad_var=grads[0] if grads else None, grad_norm=grads[1] if grads else None)
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        handles = [self.found[0].module.register_forward_pre_hook(self._on_stem)]
+        for b in self.found:
+            handles.append(b.module.register_forward_hook(self._on_block(b.name)))
+            if b.branch_end is not None:
+                handles.append(b.branch_end.register_forward_hook(self._on_branch(b.name)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def result(self, model: nn.Module, x: torch.Tensor,
+               grads: tuple[list[float], list[float]] | None) -> SPPResult:
+        missing = [b.name for b in self.found if b.name not in self.blocks]
+        if missing:
+            raise ModelSpecError(f"blocks {missing} were never called by the model's forward")
+        order = list(self.blocks)
+        by_name = {b.name: b for b in self.found}
+        return SPPResult(
+            model=str(getattr(model, "model_name", type(model).__name__)), input_shape=list(x.shape),
+            names=order, transition=[by_name[n].transition for n in order],
+            stem_sq_mean=self.stem[0][0], stem_var=self.stem[0][1],
+            sq_mean=[self.blocks[n][0] for n in order], var=[self.blocks[n][1] for n in order],
+            res_var=[self.branches.get(n) for n in order],
+            expected_var=_expected_var(model, [by_name[n] for n in order]),
+            grad_var=grads[0] if grads else None, grad_norm=grads[1] if grads else None)

@@ -15,16 +15,18 @@ builder with other layer options; their registered names and training helpers ar
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch
+from torch import nn
 
 from ..errors import ModelSpecError
 from ..layers import LayerFactory, MaxPoolSame
 from ..layers.conv import Padding
 from ..layers.factory import NormOrder
 from ..layers.norms import input_batch_norm
-from .baselines import BASELINES, fixup_init
+from .baselines import BASE_DEFAULTS, BASELINES, Baseline, fixup_init
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
 from .net import ResidualNetwork, named_seq
 from .variants import CIFAR10_MEAN, CIFAR10_STD, pretrained_cfg
@@ -99,24 +101,10 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
     layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding,
                           norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup,
                           device=device, dtype=dtype)
-    first = {}
-    if input_norm:
-        first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0),
-                                               **layers.factory_kwargs)
-    strides: tuple[int, ...]
-    if small_input:
-        widths = [max(1, int(c * width)) for c in (16, 32, 64)]
-        strides, stem_ch = (1, 2, 2), 16
-        stem = named_seq(**first, conv=layers.conv(in_chans, stem_ch, 3))
-    else:
-        widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
-        strides, stem_ch = (1, 2, 2, 2), max(1, int(16 * width))
-        stem = named_seq(**first, conv=layers.conv(in_chans, stem_ch, 7, 2))
-    post = layers.post_layer()
-    if post is not None:
-        stem.add_module("act", post)
-    if not small_input:
-        stem.add_module("pool", MaxPoolSame(3, 2, padding))
+    base_widths, strides = ((16, 32, 64), (1, 2, 2)) if small_input else ((64, 128, 256, 512), (1, 2, 2, 2))
+    widths = [max(1, int(c * width)) for c in base_widths]
+    stem_ch = 16 if small_input else max(1, int(16 * width))
+    stem = _stem(layers, in_chans, stem_ch, small_input, input_norm)
 
     def block_fn(in_ch: int, s: int, b: int, beta: float, rate: float) -> ResidualBlock:
         out, stride = widths[s], (strides[s] if b == 0 else 1)
@@ -134,11 +122,27 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
     cfg = (pretrained_cfg(num_classes, 32, 32, policy="none", interpolation="bilinear",
                           mean=CIFAR10_MEAN, std=CIFAR10_STD) if small_input
            else pretrained_cfg(num_classes, 224, 224))
-    model = ResidualNetwork(stem, stages, layers.final_layer(widths[-1]), widths[-1], num_classes,
-                            drop_rate, fc_init_std,
-                            expected if layers.normalizer_free and alpha is not None else None, cfg,
-                            extra_init=fixup_init if fixup else None, **layers.factory_kwargs)
-    return model
+    return ResidualNetwork(stem, stages, layers.final_layer(widths[-1]), widths[-1], num_classes,
+                           drop_rate, fc_init_std,
+                           expected if layers.normalizer_free and alpha is not None else None, cfg,
+                           extra_init=fixup_init if fixup else None, **layers.factory_kwargs)
+
+
+def _stem(layers: LayerFactory, in_chans: int, channels: int, small_input: bool,
+          input_norm: bool) -> nn.Sequential:
+    """[input BN] → 3×3 conv (32×32 nets) or 7×7/2 conv [→ Fixup's bias → act] → 3×3/2 max-pool."""
+    first = {}
+    if input_norm:
+        first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0),
+                                               **layers.factory_kwargs)
+    conv = layers.conv(in_chans, channels, 3) if small_input else layers.conv(in_chans, channels, 7, 2)
+    stem = named_seq(**first, conv=conv)
+    post = layers.post_layer()
+    if post is not None:
+        stem.add_module("act", post)
+    if not small_input:
+        stem.add_module("pool", MaxPoolSame(3, 2, layers.padding))
+    return stem
 
 
 NF_ONLY = {"alpha": "a normalized network has no α (its blocks add the branch with weight 1)",
@@ -146,38 +150,64 @@ NF_ONLY = {"alpha": "a normalized network has no α (its blocks add the branch w
 """Options that the normalized baselines reject (``create_model`` raises ``ModelOptionError``)."""
 
 
+@dataclass(frozen=True)
+class ResNetSize:
+    """One registered ResNet size (``nf_<key>``, ``bn_<key>``, ``<baseline>_<key>``)."""
+
+    label: str
+    depth: int | tuple[int, ...]
+    small_input: bool = False
+    width: float = 4
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """Builder options that define the size (a registered name cannot override them)."""
+        return {"depth": self.depth, **({"small_input": True} if self.small_input else {})}
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Overridable defaults: the width, and 10 classes for the 32×32 nets."""
+        return {"width": self.width, "num_classes": 10} if self.small_input else {}
+
+    @property
+    def kind(self) -> str:
+        return "cifar" if self.small_input else "resnet"
+
+
+RESNET_SIZES: dict[str, ResNetSize] = {
+    **{f"resnet{d}": ResNetSize(f"ResNet-{d}", d) for d in IMAGENET_DEPTHS},
+    "cifar_resnet20": ResNetSize("ResNet-20", 20, True, 1),
+    "cifar_resnet56": ResNetSize("ResNet-56", 56, True, 1),
+    "cifar_resnet110": ResNetSize("ResNet-110", 110, True, 1),
+    "wrn16_4": ResNetSize("WRN-16-4", (2, 2, 2), True, 4),
+    "wrn28_10": ResNetSize("WRN-28-10", (4, 4, 4), True, 10),
+}
+"""Every registered ResNet size; each is registered as an NF net, its BN twin and every baseline."""
+
+BN_TWIN = Baseline("pre-activation BN→ReLU", {"norm": "bn"}, BASE_DEFAULTS)
+"""The official baseline (``bn_*``): the NF net's topology with BN→ReLU and plain He-initialized convs."""
+
+
 def _register() -> None:
     from ..registry import register_model
 
-    bn_defaults = {"std_conv": False, "stochdepth_rate": 0.0, "fc_init_std": 0.0}  # official baseline
-    for d in IMAGENET_DEPTHS:
-        register_model(f"nf_resnet{d}", resnet, fixed={"depth": d}, family="nf_resnet",
-                       description=f"NF-ResNet-{d}, official DeepMind structure")
-        register_model(f"bn_resnet{d}", resnet, fixed={"depth": d, "norm": "bn"},
-                       defaults=bn_defaults, family="bn_resnet", unsupported=NF_ONLY,
-                       description=f"pre-activation BN-ResNet-{d}, twin of nf_resnet{d}")
-    small = [("cifar_resnet20", 20, 1), ("cifar_resnet56", 56, 1), ("cifar_resnet110", 110, 1),
-             ("wrn16_4", (2, 2, 2), 4), ("wrn28_10", (4, 4, 4), 10)]
-    for name, depth, width in small:
-        label = name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-")
-        register_model(f"nf_{name}", resnet, fixed={"depth": depth, "small_input": True},
-                       defaults={"width": width, "num_classes": 10}, family="nf_cifar",
-                       description=f"NF {label} for 32x32 inputs")
-        register_model(f"bn_{name}", resnet, fixed={"depth": depth, "small_input": True, "norm": "bn"},
-                       defaults={"width": width, "num_classes": 10, **bn_defaults}, family="bn_cifar",
-                       unsupported=NF_ONLY,
-                       description=f"BN {label} for 32x32 inputs, twin of nf_{name}")
-    arches: list[tuple[str, dict[str, Any], dict[str, Any], str, str]]
-    arches = [(f"resnet{d}", {"depth": d}, {}, f"ResNet-{d}", "resnet") for d in IMAGENET_DEPTHS]
-    arches += [(name, {"depth": depth, "small_input": True}, {"width": width, "num_classes": 10},
-                name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-"), "cifar")
-               for name, depth, width in small]
+    def add(prefix: str, key: str, size: ResNetSize, base: Baseline | None, description: str) -> None:
+        fixed, defaults = size.fixed, size.defaults
+        if base is not None:
+            fixed, defaults = {**fixed, **base.fixed}, {**defaults, **base.defaults}
+        register_model(f"{prefix}_{key}", resnet, fixed=fixed, defaults=defaults, family=f"{prefix}_{size.kind}",
+                       unsupported=NF_ONLY if "norm" in fixed else {}, description=description)
+
+    for key, size in RESNET_SIZES.items():  # the NF nets and their BN twins side by side
+        if size.small_input:
+            add("nf", key, size, None, f"NF {size.label} for 32x32 inputs")
+            add("bn", key, size, BN_TWIN, f"BN {size.label} for 32x32 inputs, twin of nf_{key}")
+        else:
+            add("nf", key, size, None, f"NF-{size.label}, official DeepMind structure")
+            add("bn", key, size, BN_TWIN, f"pre-activation BN-{size.label}, twin of nf_{key}")
     for prefix, base in BASELINES.items():
-        for arch, fixed, defaults, label, family in arches:
-            register_model(f"{prefix}_{arch}", resnet, fixed={**fixed, **base.fixed},
-                           defaults={**defaults, **base.defaults}, family=f"{prefix}_{family}",
-                           unsupported=NF_ONLY if "norm" in base.fixed else {},
-                           description=f"{base.label} {label}, twin of nf_{arch}")
+        for key, size in RESNET_SIZES.items():
+            add(prefix, key, size, base, f"{base.label} {size.label}, twin of nf_{key}")
 
 
 _register()
