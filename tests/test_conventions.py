@@ -232,3 +232,7 @@ def test_cli_turns_only_project_errors_into_one_line(monkeypatch, capsys, tmp_pa
         main(["models"])
     assert main(["eval", str(tmp_path / "missing.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert main(["spp", "nf_cifar_resnet20:width=0.25", "--batch", "2", "--out", str(tmp_path / "a_file" / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # an OSError on the user's path: one line
+    assert err.startswith("normfree spp: error:") and "a_file" in err
