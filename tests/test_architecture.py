@@ -23,7 +23,8 @@ def _module_name(path: Path, base: Path) -> str:
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     """normfree module → the normfree modules it imports, at any depth in the file (function-level
     imports count: they run too). ``from pkg import name`` points at ``pkg.name`` when that is a
-    module, else at ``pkg``."""
+    module, else at ``pkg``. Importing ``a.b.c`` also runs the ``__init__`` of package ``a.b``, so
+    that is an edge too (except to the root package and to the module's own packages)."""
     files = {_module_name(p, root.parent): p for p in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
@@ -43,7 +44,9 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
                 for alias in node.names:
                     sub = f"{module}.{alias.name}"
                     targets.add(sub if sub in files else module)
-        graph[name] = targets - {name}
+        own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}
+        packages = {".".join(t.split(".")[:i]) for t in targets for i in range(2, t.count(".") + 1)}
+        graph[name] = (targets | {p for p in packages if p in files and p not in own}) - {name}
     return graph
 
 
@@ -94,7 +97,8 @@ def test_the_checks_catch_what_they_guard(tmp_path):
     (pkg / "lib.py").write_text("def f():\n    from .commands.spp import g\n    from . import other\n")
     (pkg / "other.py").write_text("from .lib import f\n")
     graph = import_graph(pkg)
-    assert graph["normfree.lib"] == {"normfree.commands.spp", "normfree.other"}
+    assert graph["normfree.lib"] == {"normfree.commands.spp", "normfree.commands", "normfree.other"}
+    assert graph["normfree.commands.spp"] == set()  # its own package's __init__ is not an edge
     assert any(_is_app(t) for t in graph["normfree.lib"])
     assert find_cycle(graph) in (["normfree.lib", "normfree.other", "normfree.lib"],
                                  ["normfree.other", "normfree.lib", "normfree.other"])
