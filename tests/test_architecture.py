@@ -135,6 +135,8 @@ def test_no_absolute_machine_paths_in_tracked_files():
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+LINK_ALLOW = {("benchmarks/cifar10_nf_vs_bn/README.md", "results.md")}
+"""Links to files a running benchmark writes when it finishes (``summarize.py``)."""
 
 
 def test_relative_links_in_docs_resolve():
@@ -145,6 +147,8 @@ def test_relative_links_in_docs_resolve():
         for target in LINK.findall(doc.read_text()):
             if re.match(r"[a-z]+:", target) or target.startswith("#"):
                 continue  # URLs, mail, in-page anchors
+            if (doc.relative_to(ROOT).as_posix(), target) in LINK_ALLOW:
+                continue
             if not (doc.parent / target.split("#")[0]).exists():
                 broken.append(f"{doc.relative_to(ROOT)} → {target}")
     assert not broken, "broken relative links:\n" + "\n".join(broken)
