@@ -140,9 +140,11 @@ def test_options_are_the_same_across_families_or_rejected_with_a_reason():
             with pytest.raises(ModelOptionError, match=f"{opt}: a normalized network has no"):
                 normfree.create_model(name, device="meta", **{opt: 0.5})
     for name in TINY:
-        if name.startswith("nf"):
-            m = _build(name, skipinit_gain=0.25, device="meta")
+        if name.startswith("nf"):  # every NF family: the skip-gain init and the plain-conv ablation
+            m = _build(name, skipinit_gain=0.25, std_conv=False, device="meta")
             assert all(b.skipinit_gain == 0.25 for b in m.blocks())
+            assert not any(isinstance(c, ScaledStdConv2d) for c in m.modules())
+            assert isinstance(m.stages[0][0].branch[0], HeConv2d)
     with pytest.raises(TypeError):  # ModelOptionError is a TypeError, as for any Python call
         normfree.create_model("nf_regnet_b0", not_an_option=1)
 

@@ -9,7 +9,8 @@ from .se import SqueezeExcite
 
 __all__ = [
     "GAMMAS", "GammaAct", "activation_names", "estimate_gamma", "get_activation", "get_gamma",
-    "AvgPoolSame", "MaxPoolSame", "ScaledStdConv1d", "ScaledStdConv2d", "ScaledStdConv3d", "HeConv2d", "pad_same", "same_pad_amounts",
+    "AvgPoolSame", "MaxPoolSame", "ScaledStdConv1d", "ScaledStdConv2d", "ScaledStdConv3d", "HeConv2d",
+    "pad_same", "same_pad_amounts",
     "StochasticDepth", "block_drop_rates", "SqueezeExcite", "LayerFactory", "NORMS",
     "BatchNorm2d", "EvoNormB0", "EvoNormS0", "GroupNorm2d", "ScalarBias", "input_batch_norm",
 ]

@@ -46,6 +46,7 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
           fc_init_std: float = 0.01, padding: Padding = "same",
           ws: Literal["official", "timm"] = "official", shortcut: ShortcutKind = "avgpool_conv",
           stochdepth_scale: bool = False, gamma_in_act: bool = False, skipinit_gain: float = 0.0,
+          std_conv: bool = True,
           in_chans: int = 3, device: torch.device | str | None = None,
           dtype: torch.dtype | None = None) -> ResidualNetwork:
     """Build an NFNet with the official structure.
@@ -63,6 +64,8 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
         padding / ws / shortcut / stochdepth_scale / gamma_in_act: official by default; timm's
             ``dm_nfnet_*`` are ``ws="timm", gamma_in_act=True, activation="gelu_exact"``.
         skipinit_gain: initial value of each block's scalar branch gain (0 officially).
+        std_conv: Scaled WS (True) or plain He-initialized convs, to study the mean shift as for
+            the NF-ResNets.
         device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
     """
     v = lookup(NFNET_VARIANTS, variant, "NFNet")
@@ -70,7 +73,7 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
                 v.drop_rate if drop_rate is None else drop_rate)
     if len(v.widths) != 4 or len(v.depths) != 4:
         raise ModelSpecError(f"NFNets have four stages; got widths {v.widths} and depths {v.depths}")
-    layers = LayerFactory(act=activation, ws=ws, padding=padding, gamma_in_act=gamma_in_act,
+    layers = LayerFactory(act=activation, std_conv=std_conv, ws=ws, padding=padding, gamma_in_act=gamma_in_act,
                           device=device, dtype=dtype)
     stage_out = [int(w * width) for w in v.widths]
     stem_ch = v.widths[0] // 2

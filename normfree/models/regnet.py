@@ -56,6 +56,7 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
               activation: str = "silu", fc_init_std: float = 0.0, padding: Padding = "same",
               ws: Literal["official", "timm"] = "official", shortcut: ShortcutKind = "avgpool_conv",
               stochdepth_scale: bool = False, channel_divisor: int | None = None,
+              std_conv: bool = True,
               skipinit_gain: float = 0.0, in_chans: int = 3, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> ResidualNetwork:
     """Build an NF-RegNet with the official structure.
@@ -73,6 +74,8 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
         channel_divisor: None truncates channels as officially; 8 rounds them like timm
             (``make_divisible``: B0 stem 40 instead of 36, SE hidden and final conv rounded too).
         skipinit_gain: initial value of each block's scalar branch gain (0 officially).
+        std_conv: Scaled WS (True) or plain He-initialized convs, to study the mean shift as for
+            the NF-ResNets.
         device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
     """
     v = lookup(NF_REGNET_VARIANTS, variant, "NF-RegNet")
@@ -80,7 +83,7 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
                 v.drop_rate if drop_rate is None else drop_rate)
     if len(v.widths) != len(v.depths):
         raise ModelSpecError(f"widths {v.widths} and depths {v.depths} must have the same length")
-    layers = LayerFactory(act=activation, ws=ws, padding=padding, device=device, dtype=dtype)
+    layers = LayerFactory(act=activation, std_conv=std_conv, ws=ws, padding=padding, device=device, dtype=dtype)
     div = channel_divisor
 
     def rnd(value: float, round_limit: float = 0.9) -> int:
