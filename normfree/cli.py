@@ -21,12 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. The project's own errors (bad options, files, model names) and OS errors on
+    the user's paths (missing, unreadable, not writable) become one line and exit status 2; any other
+    exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (NormfreeError, ValueError, TypeError) as err:
-        # ValueError/TypeError come from our own argument validation (create_model, layer checks).
+    except NormfreeError as err:
         print(f"normfree {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.filename is None:  # a socket, pipe or device failure, not a path the user gave
+            raise
+        print(f"normfree {args.command}: error: {err.strerror or err}: {err.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"normfree {args.command}: interrupted", file=sys.stderr)

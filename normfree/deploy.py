@@ -1,23 +1,31 @@
 """Deploy mode: an inference copy of a model that is a plain conv + activation network.
 
-:func:`deploy` computes every Scaled-WS weight once and folds every scalar into a weight:
+:func:`deploy` computes every Scaled-WS weight once and asks every module that owns foldable scalars
+(:class:`Folding`: residual blocks, the network's head) to fold them into its weights. Each residual
+block follows its :class:`~normfree.models.fold.FoldPlan`, the plan its folded training path uses:
 the pre-activation's γ·β and inner activations' γ into the next conv, α·g into the last conv's weight
-and bias (or the SE gate), the final activation's γ into the classifier, and — for normalized twins —
-every BatchNorm that directly follows a conv into that conv. (A pre-activation BatchNorm on the
-residual stream cannot be folded: it stays as one affine pass.) TF-'SAME' padding stays the dynamic pad
-op, so the deployed model accepts any input size, exactly as the training form does.
+and bias (or the SE gate), and — for normalized twins — every BatchNorm that directly follows a conv
+into that conv. The network moves the final activation's γ into the classifier. A pre-activation
+BatchNorm on the residual stream cannot be folded: it stays as one affine pass. TF-'SAME' padding
+stays the dynamic pad op, so the deployed model accepts any input size, as the training form does.
 """
 from __future__ import annotations
 
 import copy
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from .layers import GammaAct, ScaledStdConv2d, SqueezeExcite
-from .layers.conv import SamePadConv2d
-from .models.blocks import _LINEAR_POOLS, ResidualBlock
-from .models.net import ResNet
+from .layers import ScaledStdConv2d
+from .layers.conv import plain_conv
+
+
+@runtime_checkable
+class Folding(Protocol):
+    """A module whose scalars deploy mode folds into its own weights, in place."""
+
+    def fold_scalars_(self) -> None: ...
 
 
 @torch.no_grad()
@@ -29,29 +37,12 @@ def deploy(model: nn.Module) -> nn.Module:
     """
     model = copy.deepcopy(model).eval()
     _replace_ws_convs(model)
-    for block in [m for m in model.modules() if isinstance(m, ResidualBlock)]:
-        _fold_block(block)
-    final = getattr(model, "final", None) if isinstance(model, ResNet) else None
-    final_act = final[-1] if isinstance(final, nn.Sequential) and len(final) else final
-    if isinstance(final_act, GammaAct):  # global average pooling commutes with γ
-        model.fc.weight.mul_(final_act.factor)
-        _unit(final_act)
+    for m in list(model.modules()):
+        if isinstance(m, Folding):
+            m.fold_scalars_()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def _plain_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
-    """A plain conv (dynamic TF-SAME padding where the source had it) holding the given tensors."""
-    same = getattr(conv, "padding_mode_same", False)
-    cls, padding = (SamePadConv2d, 0) if same else (nn.Conv2d, conv.padding)
-    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
-              conv.stride, padding, conv.dilation, conv.groups, bias=bias is not None,  # type: ignore[arg-type]
-              device=weight.device, dtype=weight.dtype)
-    new.weight.copy_(weight)
-    if bias is not None:
-        new.bias.copy_(bias)
-    return new
 
 
 def _replace_ws_convs(model: nn.Module) -> None:
@@ -59,59 +50,4 @@ def _replace_ws_convs(model: nn.Module) -> None:
         for name, child in list(parent.named_children()):
             if isinstance(child, ScaledStdConv2d):
                 weight = child.standardized_weight_reference()
-                setattr(parent, name, _plain_conv(child, weight, child.bias))
-
-
-def _unit(act: GammaAct) -> None:
-    act.gamma, act.scale = 1.0, 1.0
-
-
-def _scale_in(target: nn.Module, factor: float) -> bool:
-    """Multiply the conv that consumes a signal (possibly behind average pools) by ``factor``."""
-    conv = target[-1] if isinstance(target, nn.Sequential) else target
-    if not isinstance(conv, nn.Conv2d) or (isinstance(target, nn.Sequential) and not all(
-            isinstance(m, _LINEAR_POOLS) for m in list(target)[:-1])):
-        return False
-    conv.weight.mul_(factor)
-    return True
-
-
-def _fold_bn_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """conv followed by eval-mode BN as one conv."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    return _plain_conv(conv, conv.weight * scale.view(-1, 1, 1, 1),
-                       (bias - bn.running_mean) * scale + bn.bias)
-
-
-def _fold_block(block: ResidualBlock) -> None:
-    mods = list(block.branch.named_children())
-    # BatchNorm right after a conv: into the conv.
-    for (prev_name, prev), (name, m) in zip(mods, mods[1:]):
-        if (isinstance(prev, nn.Conv2d) and isinstance(m, nn.Sequential) and len(m) == 2
-                and isinstance(m[0], nn.BatchNorm2d) and isinstance(m[1], GammaAct)):
-            setattr(block.branch, prev_name, _fold_bn_into(getattr(block.branch, prev_name), m[0]))
-            setattr(block.branch, name, m[1])
-    mods = list(block.branch)
-    # Activation scalars: into the next conv (the shortcut conv too, for the pre-activation).
-    if isinstance(block.preact, GammaAct) and isinstance(mods[0], nn.Conv2d) and (
-            block.shortcut is None or _scale_in(block.shortcut, block.preact.factor)):
-        mods[0].weight.mul_(block.preact.factor)
-        _unit(block.preact)
-    for m, nxt in zip(mods, mods[1:]):
-        if isinstance(m, GammaAct) and isinstance(nxt, nn.Conv2d):
-            nxt.weight.mul_(m.factor)
-            _unit(m)
-    # α·g: into the last conv (weight and bias) or the SE gate.
-    gain = block.alpha * (1.0 if block.skip_gain is None else float(block.skip_gain))
-    last = mods[-1]
-    if isinstance(last, nn.Conv2d):
-        last.weight.mul_(gain)
-        if last.bias is not None:
-            last.bias.mul_(gain)
-    elif isinstance(last, SqueezeExcite):
-        last.gain *= gain
-    else:
-        return
-    block.alpha, block.skip_gain = 1.0, None
-    block.drop_path.rate = 0.0
+                setattr(parent, name, plain_conv(child, weight, child.bias))

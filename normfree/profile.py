@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from .models.blocks import unfolded
+
 
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameter elements."""
@@ -51,7 +53,8 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: in
     try:
         model.eval()
         device = next(model.parameters()).device  # works on the "meta" device: shapes only, no compute
-        model(torch.zeros(1, in_chans, h, w, device=device))
+        with unfolded(model):  # the folded block path does not call the hooked convs as modules
+            model(torch.zeros(1, in_chans, h, w, device=device))
     finally:
         model.train(was_training)
         for hdl in handles:

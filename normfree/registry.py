@@ -1,6 +1,8 @@
-"""Model registry: names → builders, behind :func:`create_model` and :func:`list_models`."""
+"""Model registry: names → builders, behind :func:`create_model` and :func:`list_models`, and the
+``NAME:key=value,...`` model-spec strings that the CLI and the comparison tools accept."""
 from __future__ import annotations
 
+import ast
 import difflib
 import fnmatch
 import inspect
@@ -8,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
+
+from .errors import ModelOptionError, ModelSpecError
 
 
 @dataclass(frozen=True)
@@ -20,11 +24,12 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)   # overridable defaults
     family: str = ""
     description: str = ""
+    unsupported: dict[str, str] = field(default_factory=dict)  # builder options this name rejects: why
 
     def options(self) -> list[str]:
         """Keyword arguments a user may pass to :func:`create_model` for this name."""
         params = inspect.signature(self.builder).parameters
-        return [p for p in params if p not in self.fixed]
+        return [p for p in params if p not in self.fixed and p not in self.unsupported]
 
     def build(self, **kwargs: Any) -> nn.Module:
         allowed = self.options()
@@ -35,7 +40,8 @@ class ModelEntry:
                                for k, h in hints.items())
             fixed = [k for k in unknown if k in self.fixed]
             why = f"; {fixed} are fixed by the name {self.name!r}" if fixed else ""
-            raise TypeError(f"{self.name}: unexpected keyword argument(s) {detail}{why}. "
+            why += "".join(f"; {k}: {self.unsupported[k]}" for k in unknown if k in self.unsupported)
+            raise ModelOptionError(f"{self.name}: unexpected keyword argument(s) {detail}{why}. "
                             f"Valid options: {', '.join(allowed)}")
         model = self.builder(**self.fixed, **{**self.defaults, **kwargs})
         model.model_name = self.name
@@ -46,31 +52,41 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], *, fixed: dict[str, Any] | None = None,
-                   defaults: dict[str, Any] | None = None, family: str = "",
-                   description: str = "") -> ModelEntry:
-    """Register ``name`` so that ``create_model(name, **kw)`` calls ``builder(**fixed, **defaults, **kw)``."""
+                   defaults: dict[str, Any] | None = None, family: str = "", description: str = "",
+                   unsupported: dict[str, str] | None = None) -> ModelEntry:
+    """Register ``name`` so that ``create_model(name, **kw)`` calls ``builder(**fixed, **defaults, **kw)``.
+
+    ``unsupported`` maps builder options that make no sense for this name to the reason, which the
+    ``ModelOptionError`` for such an option states.
+    """
     if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
-    entry = ModelEntry(name, builder, dict(fixed or {}), dict(defaults or {}), family, description)
+        raise ModelSpecError(f"model {name!r} is already registered")
+    entry = ModelEntry(name, builder, dict(fixed or {}), dict(defaults or {}), family, description,
+                       dict(unsupported or {}))
     _REGISTRY[name] = entry
     return entry
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; unknown names raise ``ValueError`` with the closest matches."""
+    """The registry entry for ``name``; unknown names raise :class:`ModelSpecError` with the closest
+    matches."""
     try:
         return _REGISTRY[name]
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (normfree.list_models() lists all)") from None
+        raise ModelSpecError(f"unknown model {name!r}{hint} (normfree.list_models() lists all)") from None
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("nf_resnet50", num_classes=10, drop_rate=0.2)``.
 
-    Unknown names raise ``ValueError`` naming the closest matches; unknown keywords raise ``TypeError``
-    naming them and listing the valid options.
+    Every built-in family takes ``device=`` and ``dtype=`` (PyTorch's factory kwargs; ``device="meta"``
+    builds without allocating weights).
+
+    Unknown names raise :class:`~normfree.errors.ModelSpecError` naming the closest matches; unknown
+    keywords raise :class:`~normfree.errors.ModelOptionError` (a ``TypeError``) naming them and listing
+    the valid options.
     """
     return get_entry(name).build(**kwargs)
 
@@ -83,3 +99,21 @@ def list_models(pattern: str | None = None) -> list[str]:
         pat = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
         names = [n for n in names if fnmatch.fnmatchcase(n, pat)]
     return names
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"nf_resnet50:std_conv=False,width=1"`` → ``("nf_resnet50", {"std_conv": False, "width": 1})``.
+
+    Values are Python literals; a bare word (``activation=silu``) stays a string.
+    """
+    name, _, opts = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ModelSpecError(f"bad model option {item!r} in {spec!r}; write NAME:key=value,key=value")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()
+    return name, kwargs

@@ -27,7 +27,7 @@ def test_bad_values_raise_clearly():
     with pytest.raises(ValueError, match="activation"):
         normfree.create_model("nf_cifar_resnet20", activation="nope")
     with pytest.raises(ValueError, match="num_classes"):
-        normfree.create_model("nf_cifar_resnet20", num_classes=0)
+        normfree.create_model("nf_cifar_resnet20", num_classes=-1)
 
 
 def test_cli_models_table(capsys):

@@ -139,7 +139,8 @@ def test_timm_options_are_explicit():
     assert f0.stem.conv0.ws == "timm" and f0.stem.conv0.gamma == 1.0 and f0.stem.conv0.eps == 1e-5
     assert r50.stem.conv.gamma > 1.7 and r50.final.gamma == 1.0  # γ folded into convs instead
     assert r50.stem.conv.pad_type == "symmetric" and r50.stages[1][0].shortcut.pool is not None
-    assert r50.eval_settings["crop_pct"] == 0.94 and r50.input_size == 288
+    assert r50.pretrained_cfg["crop_pct"] == 0.94 and r50.input_size == 288
+    assert r50.pretrained_cfg["input_size"] == (3, 256, 256) and f0.pretrained_cfg["crop_mode"] == "squash"
 
 
 @pytest.mark.parametrize("name", ["dm_nfnet_f0", "nf_resnet50", "nf_regnet_b1"])

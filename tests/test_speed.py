@@ -73,12 +73,23 @@ def test_fast_path_is_default_and_really_folds():
         assert big_muls(block) == 0
 
 
-def test_hooks_force_the_plain_path():
-    block = _build("nf_resnet26").stages[0][1]
+def test_fast_path_is_an_explicit_switch_and_unfolded_restores_it():
+    """The rule: ``fast_path`` alone decides; hooks on block internals fire only on the plain path."""
+    from normfree.models.blocks import unfolded
+
+    model = _build("nf_resnet26")
+    block = model.stages[0][1]
+    block.fast_path = False  # one block switched off by hand stays off after the context
     seen = []
-    block.branch.act1.register_forward_hook(lambda *_: seen.append(1))
-    block(torch.randn(2, block.in_ch, 8, 8))
+    model.stages[1][1].branch.act1.register_forward_hook(lambda *_: seen.append(1))
+    x = torch.randn(2, 3, 32, 32)
+    model(x)
+    assert seen == []  # folded: the activation module is not called
+    with unfolded(model):
+        assert not any(b.fast_path for b in model.blocks())
+        model(x)
     assert seen == [1]
+    assert [b.fast_path for b in model.blocks()] == [b is not block for b in model.blocks()]
 
 
 @pytest.mark.parametrize("ws", ["official", "timm"])
@@ -186,7 +197,7 @@ def test_grad_checkpointing_same_gradients_less_memory(name):
 
 
 def test_nf_training_step_peak_memory_below_bn_twin():
-    """The folded path keeps one tensor per activation and no stage output beyond its use (issue 7's
+    """The folded path keeps one tensor per activation and no stage output beyond its use (the speed target's
     memory target at small scale; counted by the same allocator trace as `normfree bench`)."""
     from normfree.bench import BenchConfig, make_step, step_peak_memory
 

@@ -38,19 +38,23 @@ def test_nf_regnet_macs_match_official(meta_model, v, size):
 @pytest.mark.parametrize("v,macs", NFNET_MACS_G.items())
 def test_nfnet_macs_at_test_resolution_match_official(meta_model, v, macs):
     m = meta_model(f"nfnet_{v}")
-    assert round(count_macs(m, m.test_size) / 1e9, 2) == macs
+    assert round(count_macs(m, m.pretrained_cfg["test_input_size"][-1]) / 1e9, 2) == macs
 
 
 def test_every_variant_is_registered_with_its_resolutions(meta_model):
     names = normfree.list_models("nf_regnet_b*") + normfree.list_models("nfnet_f*")
     assert len(names) == 9 + 16
     m = meta_model("nfnet_f3plus")
-    assert (m.train_size, m.test_size, m.input_size, m.drop_rate) == (320, 416, 416, 0.4)
-    assert m.eval_settings["policy"] == "resize_crop_32"
-    assert m.eval_settings["crop_pct"] == pytest.approx(416 / 448, abs=1e-4)
+    cfg = m.pretrained_cfg
+    assert (cfg["input_size"], cfg["test_input_size"]) == ((3, 320, 320), (3, 416, 416))
+    assert (m.input_size, m.drop_rate) == (416, 0.4)
+    assert cfg["eval_policy"] == "resize_crop_32" and cfg["crop_mode"] == "squash"
+    assert cfg["crop_pct"] == pytest.approx(416 / 448, abs=1e-4)
     b5 = meta_model("nf_regnet_b5")
-    assert (b5.train_size, b5.test_size, b5.input_size, b5.drop_rate) == (384, 456, 456, 0.4)
-    assert b5.eval_settings["policy"] == "crop_resize" and b5.eval_settings["interpolation"] == "bicubic"
+    cfg = b5.pretrained_cfg
+    assert (cfg["input_size"], cfg["test_input_size"]) == ((3, 384, 384), (3, 456, 456))
+    assert (b5.input_size, b5.drop_rate) == (456, 0.4)
+    assert cfg["eval_policy"] == "crop_resize" and cfg["interpolation"] == "bicubic"
     assert meta_model("nf_regnet_b0", drop_rate=0.0).drop_rate == 0.0
 
 

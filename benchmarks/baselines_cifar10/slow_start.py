@@ -53,4 +53,6 @@ def main(data_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/cifar10_jpeg")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/baselines_cifar10/slow_start.py CIFAR10_NPZ_FOLDER")
+    main(sys.argv[1])

@@ -1,5 +1,5 @@
 #!/bin/sh
-# CPU benchmarks of issue 7: NF-ResNet-50 vs its BN twin (and timm's nf_resnet50 / resnet50 in the same
+# CPU benchmarks: NF-ResNet-50 vs its BN twin (and timm's nf_resnet50 / resnet50 in the same
 # process when the venv has timm). Run from the repository root:
 #   sh benchmarks/speed/run_cpu.sh                                   # .venv (torch 2.13.0, no timm)
 #   PY=/path/to/timm-venv/bin/python sh benchmarks/speed/run_cpu.sh  # a venv with timm + normfree
@@ -13,10 +13,11 @@ D=benchmarks/speed
 T=torch$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
 "$PY" -c 'import timm' 2>/dev/null && T=${T}_timm
 T=$T${TAG:-}
+ERR=$(mktemp -d)  # each run's stderr (progress bars, warnings)
 run() {  # run OUTNAME ARGS...
     out=$1; shift
     { echo "\$ nice -n 10 normfree bench $*"; echo "uptime before: $(uptime)"; } > "$D/$out.txt"
-    nice -n 10 "$PY" -m normfree.cli bench "$@" --json "$D/$out.json" 2>"/tmp/$out.stderr" >> "$D/$out.txt"
+    nice -n 10 "$PY" -m normfree.cli bench "$@" --json "$D/$out.json" 2>"$ERR/$out.stderr" >> "$D/$out.txt"
     echo "uptime after: $(uptime)" >> "$D/$out.txt"
     cat "$D/$out.txt"
 }

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from torch import nn
 
+from ..errors import ModelSpecError
 from ..models.blocks import ResidualBlock
 
 
@@ -49,7 +50,7 @@ def _describe(name: str, module: nn.Module, branch: str | None) -> Block:
         try:
             end = module.get_submodule(branch)
         except AttributeError:
-            raise ValueError(f"block {name!r} has no submodule {branch!r} (the branch argument)") from None
+            raise ModelSpecError(f"block {name!r} has no submodule {branch!r} (the branch argument)") from None
     return Block(name, module, end, transition)
 
 
@@ -82,8 +83,8 @@ def find_blocks(model: nn.Module, patterns: Sequence[str] | str | None = None,
     if found:
         return found
     if patterns:
-        raise ValueError(f"no module name matches {list(patterns)}; module names look like "
+        raise ModelSpecError(f"no module name matches {list(patterns)}; module names look like "
                          f"{[n for n, _ in model.named_modules() if n][:8]}")
-    raise ValueError(f"no residual blocks found in {type(model).__name__}: expected normfree "
+    raise ModelSpecError(f"no residual blocks found in {type(model).__name__}: expected normfree "
                      "ResidualBlocks or torchvision/timm-style blocks (conv1, conv2, downsample); "
                      "name the blocks with module-name patterns, e.g. blocks=['layers.*']")

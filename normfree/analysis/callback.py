@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .spp import SPPResult, make_inputs, save_csv, save_json, signal_propagation
 
 
@@ -23,7 +24,7 @@ class SPPRecorder:
                  input_shape: Sequence[int] | None = None, out_dir: str | Path | None = None,
                  seed: int = 0, **spp_kwargs: Any) -> None:
         if every < 1:
-            raise ValueError(f"every must be a positive number of steps, got {every}")
+            raise ConfigError(f"every must be a positive number of steps, got {every}")
         self.every = every
         self.inputs = inputs
         self.input_shape = input_shape

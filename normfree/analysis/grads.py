@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import ModelSpecError
 from .stats import channel_stats, first_tensor
 
 LossFn = Callable[[object, torch.Tensor], torch.Tensor]
@@ -17,7 +18,7 @@ def cross_entropy(output: object, labels: torch.Tensor) -> torch.Tensor:
     """The default loss: cross-entropy of ``(N, classes)`` logits."""
     logits = first_tensor(output)
     if logits.ndim != 2:
-        raise ValueError(f"the default loss needs (batch, classes) logits, the model returned shape "
+        raise ModelSpecError(f"the default loss needs (batch, classes) logits, the model returned shape "
                          f"{tuple(logits.shape)}; pass loss_fn=")
     return F.cross_entropy(logits.float(), labels)
 

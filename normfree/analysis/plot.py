@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import ConfigError
 from .spp import SPPResult
 
 
@@ -22,7 +23,7 @@ def plot_spp(results: SPPResult | Sequence[SPPResult], path: str | Path, title: 
 
     results = [results] if isinstance(results, SPPResult) else list(results)
     if not results:
-        raise ValueError("nothing to plot: no results")
+        raise ConfigError("nothing to plot: no results")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = ("average channel squared mean", "average channel variance", "residual-branch variance")
     for k, r in enumerate(results):

@@ -19,6 +19,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..errors import DataError, ModelSpecError
+from ..models.blocks import unfolded
 from .blocks import Block, find_blocks
 from .grads import LossFn, gradient_stats
 from .stats import channel_stats, first_tensor
@@ -175,13 +177,13 @@ def make_inputs(model: nn.Module, input_shape: Sequence[int] | None = None, seed
 def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
     """Clear errors for batches the statistics cannot be measured on."""
     if x.ndim < 2:
-        raise ValueError(f"expected a batch with channels on dim 1, got shape {tuple(x.shape)}")
+        raise DataError(f"expected a batch with channels on dim 1, got shape {tuple(x.shape)}")
     if x.shape[0] < 2:
-        raise ValueError(f"batch of {x.shape[0]}: SPP statistics (and BatchNorm batch statistics) need "
+        raise DataError(f"batch of {x.shape[0]}: SPP statistics (and BatchNorm batch statistics) need "
                          "at least 2 examples; use a batch of 8 or more")
     channels = _input_channels(model)
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"input has {x.shape[1]} channels but the model's first conv expects {channels}"
+        raise DataError(f"input has {x.shape[1]} channels but the model's first conv expects {channels}"
                          f" (input shape {tuple(x.shape)}; channels go on dim 1, NCHW)")
 
 
@@ -207,57 +209,72 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
             found automatically (see :func:`~normfree.analysis.blocks.find_blocks`).
         gradients: also measure the gradient at every block output (see :mod:`.grads`), for
             ``loss_fn(output, labels)``; default cross-entropy on seeded random labels.
-    The model is measured in :func:`measurement_mode` and left exactly as it was.
+    The model is measured in :func:`measurement_mode`, its blocks on the plain path (the hooks read
+    their branches; see :func:`~normfree.models.blocks.unfolded`), and left exactly as it was.
     """
     found = find_blocks(model, blocks, branch)
     x = make_inputs(model, input_shape, seed) if inputs is None else inputs
     check_inputs(model, x)
-    stem: list[tuple[float, float]] = []
-    block_stats: dict[str, tuple[float, float]] = {}  # in forward order
-    outputs: list[torch.Tensor] = []  # kept only for the backward pass
-    branch_stats: dict[str, float] = {}
+    taps = _Taps(found, keep_outputs=gradients)
+    with taps.attached(), measurement_mode(model), unfolded(model), torch.set_grad_enabled(gradients):
+        logits = model(x.detach().requires_grad_(True) if gradients else x)
+        grads = gradient_stats(taps.outputs, logits, loss_fn, seed) if gradients else None
+    return taps.result(model, x, grads)
 
-    def on_stem(_m: nn.Module, args: tuple) -> None:
-        if not stem:
-            stem.append(channel_stats(first_tensor(args)))
 
-    def on_block(name: str) -> Callable:
+class _Taps:
+    """Forward hooks on the stem input, every block output and every branch end; each records the first
+    call only (a block called twice is measured once)."""
+
+    def __init__(self, found: list[Block], keep_outputs: bool) -> None:
+        self.found, self.keep_outputs = found, keep_outputs
+        self.stem: list[tuple[float, float]] = []
+        self.blocks: dict[str, tuple[float, float]] = {}  # in forward order
+        self.branches: dict[str, float] = {}
+        self.outputs: list[torch.Tensor] = []  # block outputs, kept only for the backward pass
+
+    def _on_stem(self, _m: nn.Module, args: tuple) -> None:
+        if not self.stem:
+            self.stem.append(channel_stats(first_tensor(args)))
+
+    def _on_block(self, name: str) -> Callable:
         def hook(_m: nn.Module, _args: tuple, out: object) -> None:
-            if name not in block_stats:
-                block_stats[name] = channel_stats(first_tensor(out))
-                if gradients:
-                    outputs.append(first_tensor(out))
+            if name not in self.blocks:
+                self.blocks[name] = channel_stats(first_tensor(out))
+                if self.keep_outputs:
+                    self.outputs.append(first_tensor(out))
         return hook
 
-    def on_branch(name: str) -> Callable:
+    def _on_branch(self, name: str) -> Callable:
         def hook(_m: nn.Module, _args: tuple, out: object) -> None:
-            branch_stats.setdefault(name, channel_stats(first_tensor(out))[1])
+            self.branches.setdefault(name, channel_stats(first_tensor(out))[1])
         return hook
 
-    handles = [found[0].module.register_forward_pre_hook(on_stem)]
-    for b in found:
-        handles.append(b.module.register_forward_hook(on_block(b.name)))
-        if b.branch_end is not None:
-            handles.append(b.branch_end.register_forward_hook(on_branch(b.name)))
-    try:
-        with measurement_mode(model), torch.set_grad_enabled(gradients):
-            logits = model(x.detach().requires_grad_(True) if gradients else x)
-            grads = None
-            if gradients:
-                grads = gradient_stats(outputs, logits, loss_fn, seed)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [b.name for b in found if b.name not in block_stats]
-    if missing:
-        raise ValueError(f"blocks {missing} were never called by the model's forward")
-    order = list(block_stats)
-    by_name = {b.name: b for b in found}
-    return SPPResult(
-        model=str(getattr(model, "model_name", type(model).__name__)), input_shape=list(x.shape),
-        names=order, transition=[by_name[n].transition for n in order],
-        stem_sq_mean=stem[0][0], stem_var=stem[0][1],
-        sq_mean=[block_stats[n][0] for n in order], var=[block_stats[n][1] for n in order],
-        res_var=[branch_stats.get(n) for n in order],
-        expected_var=_expected_var(model, [by_name[n] for n in order]),
-        grad_var=grads[0] if grads else None, grad_norm=grads[1] if grads else None)
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        handles = [self.found[0].module.register_forward_pre_hook(self._on_stem)]
+        for b in self.found:
+            handles.append(b.module.register_forward_hook(self._on_block(b.name)))
+            if b.branch_end is not None:
+                handles.append(b.branch_end.register_forward_hook(self._on_branch(b.name)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def result(self, model: nn.Module, x: torch.Tensor,
+               grads: tuple[list[float], list[float]] | None) -> SPPResult:
+        missing = [b.name for b in self.found if b.name not in self.blocks]
+        if missing:
+            raise ModelSpecError(f"blocks {missing} were never called by the model's forward")
+        order = list(self.blocks)
+        by_name = {b.name: b for b in self.found}
+        return SPPResult(
+            model=str(getattr(model, "model_name", type(model).__name__)), input_shape=list(x.shape),
+            names=order, transition=[by_name[n].transition for n in order],
+            stem_sq_mean=self.stem[0][0], stem_var=self.stem[0][1],
+            sq_mean=[self.blocks[n][0] for n in order], var=[self.blocks[n][1] for n in order],
+            res_var=[self.branches.get(n) for n in order],
+            expected_var=_expected_var(model, [by_name[n] for n in order]),
+            grad_var=grads[0] if grads else None, grad_norm=grads[1] if grads else None)

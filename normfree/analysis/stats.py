@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ModelSpecError
+
 
 def channel_stats(x: torch.Tensor) -> tuple[float, float]:
     """(average channel squared mean, average channel biased variance), channels on dim 1."""
@@ -17,5 +19,5 @@ def first_tensor(out: object) -> torch.Tensor:
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise ValueError(f"got {type(out).__name__} from a module; expected a tensor or a tuple/list "
+    raise ModelSpecError(f"got {type(out).__name__} from a module; expected a tensor or a tuple/list "
                      "starting with one")

@@ -16,8 +16,7 @@ from torch import nn
 from ..bench import BenchConfig, BenchResult, run_benchmark
 from ..errors import NormfreeError
 from ..deploy import deploy
-from ..registry import create_model, list_models
-from .spp import parse_spec
+from ..registry import create_model, list_models, parse_model_spec
 
 TIMM_BASELINES = {"nf_resnet50": ("nf_resnet50", "resnet50")}
 """Our model name → timm models benchmarked beside it when timm is installed."""
@@ -73,7 +72,7 @@ def _deploy_foreign(model: nn.Module) -> nn.Module:
 def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, list[str]], list[str]]:
     """(spec → model, spec → its baselines' specs, the first one printed in its row, notes)."""
     known = set(list_models())
-    specs = {spec: parse_spec(spec) for spec in args.models}
+    specs = {spec: parse_model_spec(spec) for spec in args.models}
     unknown = [spec for spec, (name, _) in specs.items() if name not in known]
     if unknown:
         raise NormfreeError(f"unknown model(s) {unknown}; `normfree models` lists all")

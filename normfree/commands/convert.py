@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> None:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     meta = {"model": model.model_name, "source": args.source, "source_model": args.model,
             "model_kwargs": json.dumps(getattr(model, "convert_kwargs", kwargs)),
-            "eval_settings": json.dumps(getattr(model, "eval_settings", None))}
+            "pretrained_cfg": json.dumps(getattr(model, "pretrained_cfg", None))}
     save_file(state, args.out, metadata=meta)
     print(f"wrote {args.out}: {model.model_name} ({len(state)} tensors) from {args.source} weights "
           f"{args.src}; rebuild with create_model({model.model_name!r}, **model_kwargs) from its metadata")

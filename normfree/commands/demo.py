@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..analysis.measure import measure, write
 from .models import print_table
-from .spp import measure, write
 
 STORY = ("bn_resnet50", "nf_resnet50:std_conv=False", "nf_resnet50")
 

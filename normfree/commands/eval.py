@@ -13,16 +13,19 @@ def evaluate_checkpoint(path: str, data: str | None = None, subset: int = 0, dev
     import torch
 
     from ..train.checkpoint import load_checkpoint, split_prefix
-    from ..train.data import load_data
+    from ..train.data import FolderData, load_data
     from ..train.distributed import resolve_device
-    from ..train.trainer import build_model, evaluate
+    from ..train.trainer import build_model, evaluate, image_defaults
 
     tensors, meta = load_checkpoint(path)
     cfg = meta.get("config", {})
     dev = resolve_device(device)
     model = build_model(meta["model"], meta["num_classes"], meta["in_chans"], meta.get("model_kwargs", {}))
-    size = cfg.get("image_size") or getattr(model, "input_size", 224)
-    test = load_data(data or cfg.get("data", "demo"), "test", subset, size, classes=meta.get("classes"))
+    _, test_size, crop_pct = image_defaults(model)  # the model's pretrained_cfg
+    test = load_data(data or cfg.get("data", "demo"), "test", subset, cfg.get("image_size") or test_size,
+                     classes=meta.get("classes"))
+    if isinstance(test, FolderData):
+        test.crop_pct = crop_pct
     if int(test.y.max()) >= meta["num_classes"]:
         raise NormfreeError(f"{test.name} has labels up to {int(test.y.max())} but the checkpoint's model has "
                         f"{meta['num_classes']} classes")

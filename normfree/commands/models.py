@@ -7,6 +7,7 @@ from typing import Iterator
 
 import torch
 
+from ..errors import ModelSpecError
 from ..profile import count_macs, count_params
 from ..registry import create_model, get_entry, list_models
 
@@ -18,7 +19,7 @@ def model_rows(pattern: str | None = None) -> Iterator[tuple[str, float, float, 
     """
     names = list_models(pattern)
     if not names:
-        raise ValueError(f"no model matches {pattern!r}; `normfree models` lists all")
+        raise ModelSpecError(f"no model matches {pattern!r}; `normfree models` lists all")
     for name in names:
         with torch.device("meta"):
             model = create_model(name)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ModelSpecError
 from ..layers import ScaledStdConv2d
 from ..registry import get_entry
 from .common import load_strict, resolve_model
@@ -54,7 +55,7 @@ def read_params(params: Mapping[str, Any] | str | os.PathLike,
             with open(params, "rb") as fh:
                 return read_params(pickle.load(fh))
         else:
-            raise ValueError(f"{os.fspath(params)} is not an .npz archive; if it is a pickled Haiku "
+            raise CheckpointError(f"{os.fspath(params)} is not an .npz archive; if it is a pickled Haiku "
                              "params dict from a source you trust, pass allow_pickle=True "
                              "(CLI: --allow-pickle)")
     else:
@@ -64,11 +65,11 @@ def read_params(params: Mapping[str, Any] | str | os.PathLike,
     for key, value in flat.items():
         parts = [p for p in key.replace("/~/", "/").split("/") if p]
         if len(parts) < 2:
-            raise ValueError(f"parameter key {key!r} is not of the form 'module/…/param'")
+            raise CheckpointError(f"parameter key {key!r} is not of the form 'module/…/param'")
         roots.add(parts[0])
         out["/".join(parts[1:])] = np.asarray(value)
     if len(roots) > 1:
-        raise ValueError(f"parameters come from several root modules {sorted(roots)}; pass one network")
+        raise CheckpointError(f"parameters come from several root modules {sorted(roots)}; pass one network")
     return out
 
 
@@ -86,7 +87,7 @@ def haiku_names(model: nn.Module) -> dict[str, tuple[str, str]]:
     name = getattr(model, "model_name", None)
     family = get_entry(name).family if name else ""
     if family not in _FAMILIES:
-        raise ValueError(f"no DeepMind layout for model {getattr(model, 'model_name', '?')!r} "
+        raise ModelSpecError(f"no DeepMind layout for model {getattr(model, 'model_name', '?')!r} "
                          f"(family {family!r}); supported families: {sorted(_FAMILIES)}")
     names: dict[str, tuple[str, str]] = {}
     for key, module in model.stem.named_children():

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..errors import ModelSpecError
 from ..layers import ScaledStdConv2d
 from ..registry import create_model
 from .common import load_strict
@@ -36,31 +37,28 @@ TIMM_MODELS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
        for i, crop in _DM_NFNET_CROP.items()},
     "nf_resnet50": ("nf_resnet50", {**_TIMM_ALL, "padding": "symmetric", "shortcut": "avgpool_conv",
                                     "skipinit_gain": 1.0},
-                    {"input_size": 288, "train_size": 256, "crop_pct": 0.94, "crop_mode": "center"}),
+                    {"input_size": (3, 256, 256), "test_input_size": (3, 288, 288), "crop_pct": 0.94,
+                     "crop_mode": "center"}),
     "nf_regnet_b1": ("nf_regnet_b1", {**_TIMM_ALL, "padding": "symmetric", "channel_divisor": 8,
                                       "fc_init_std": 0.01},
-                     {"input_size": 288, "train_size": 256, "crop_pct": 0.9, "crop_mode": "center"}),
+                     {"input_size": (3, 256, 256), "test_input_size": (3, 288, 288), "crop_pct": 0.9,
+                      "crop_mode": "center"}),
 }
-"""timm name → (our registered name, builder options for timm's structure, timm eval settings)."""
+"""timm name → (our registered name, builder options for timm's structure, timm's ``pretrained_cfg``
+entries that differ from ours)."""
 
 _BRANCH = {"conv0": "conv1", "conv1": "conv2", "conv1b": "conv2b", "conv2": "conv3"}
 
 
 def timm_model(name: str, **model_kwargs: Any) -> nn.Module:
-    """Our model with the structure of timm's ``name`` (untrained); eval settings as timm's config."""
+    """Our model with the structure of timm's ``name`` (untrained); ``pretrained_cfg`` as timm's."""
     if name not in TIMM_MODELS:
-        raise ValueError(f"no timm mapping for {name!r}; supported: {', '.join(TIMM_MODELS)}")
+        raise ModelSpecError(f"no timm mapping for {name!r}; supported: {', '.join(TIMM_MODELS)}")
     ours, options, evaluation = TIMM_MODELS[name]
     kwargs = {**options, **model_kwargs}
     model = create_model(ours, **kwargs)
     model.convert_kwargs = kwargs
-    size = evaluation.get("input_size", getattr(model, "test_size", model.input_size))
-    model.input_size = size
-    model.eval_settings = {"policy": "timm", "input_size": size, "interpolation": "bicubic",
-                           "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                           **{k: v for k, v in evaluation.items() if k not in ("input_size", "train_size")}}
-    if "train_size" in evaluation:
-        model.train_size = evaluation["train_size"]
+    model.pretrained_cfg.update({"eval_policy": "timm", "interpolation": "bicubic", **evaluation})
     return model
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelOptionError, ModelSpecError
+
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -74,7 +76,7 @@ def activation_names() -> list[str]:
 def _canonical(name: str) -> str:
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in _TABLE:
-        raise ValueError(f"unknown activation {name!r}; choose one of {activation_names()} "
+        raise ModelSpecError(f"unknown activation {name!r}; choose one of {activation_names()} "
                          "or pass a callable to GammaAct with gamma=estimate_gamma(fn)")
     return key
 
@@ -101,7 +103,7 @@ def estimate_gamma(fn: Activation, num_samples: int = 2**24, seed: int = 0,
     0.1 % of sqrt(2 / (1 - 1/π)). (The official table used 1024×256 samples and is 0.01–0.09 % high.)
     """
     if num_samples < 2:
-        raise ValueError("num_samples must be at least 2")
+        raise ModelSpecError("num_samples must be at least 2")
     gen = torch.Generator().manual_seed(seed)
     total = total_sq = 0.0
     done = 0
@@ -109,14 +111,14 @@ def estimate_gamma(fn: Activation, num_samples: int = 2**24, seed: int = 0,
         n = min(chunk, num_samples - done)
         y = fn(torch.randn(n, generator=gen, dtype=torch.float64)).to(torch.float64)
         if y.shape != (n,):
-            raise ValueError("estimate_gamma needs an elementwise function (output shape = input shape)")
+            raise ModelSpecError("estimate_gamma needs an elementwise function (output shape = input shape)")
         total += float(y.sum())
         total_sq += float((y * y).sum())
         done += n
     mean = total / num_samples
     var = total_sq / num_samples - mean * mean
     if not math.isfinite(var) or var <= 0:
-        raise ValueError("the activation's output has zero or non-finite variance on N(0, 1) input")
+        raise ModelSpecError("the activation's output has zero or non-finite variance on N(0, 1) input")
     return 1.0 / math.sqrt(var)
 
 
@@ -136,7 +138,7 @@ class GammaAct(nn.Module):
             self.name = getattr(act, "__name__", type(act).__name__)
             fn, table_gamma = act, None
         else:
-            raise TypeError(f"act must be a name or a callable, got {type(act).__name__}")
+            raise ModelOptionError(f"act must be a name or a callable, got {type(act).__name__}")
         if gamma is None:
             gamma = table_gamma if table_gamma is not None else estimate_gamma(fn)
         self.fn = fn

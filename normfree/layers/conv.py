@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelSpecError
+
 Padding = Literal["same", "symmetric"]
 
 
@@ -47,7 +49,7 @@ def _static_padding(kernel: tuple[int, ...], stride: tuple[int, ...],
     if padding == "symmetric":
         return sym
     if padding != "same":
-        raise ValueError(f"padding must be 'same' or 'symmetric', got {padding!r}")
+        raise ModelSpecError(f"padding must be 'same' or 'symmetric', got {padding!r}")
     # SAME at stride 1 with an odd effective kernel is symmetric; stride 1 kernel 1 is zero padding.
     if all(s == 1 and ((k - 1) * d) % 2 == 0 for k, s, d in zip(kernel, stride, dilation)):
         return sym
@@ -182,13 +184,14 @@ class _ScaledStdConvNd:
                  stride: int | tuple[int, ...] = 1, padding: Padding = "same",
                  dilation: int | tuple[int, ...] = 1, groups: int = 1, bias: bool = True,
                  ws: Literal["official", "timm", "plain"] = "official", gamma: float = 1.0,
-                 eps: float | None = None) -> None:
+                 eps: float | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,  # type: ignore[call-arg]
-                         dilation=dilation, groups=groups, bias=bias)
+                         dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype)
         if ws not in ("official", "timm", "plain"):
-            raise ValueError(f"ws must be 'official', 'timm' or 'plain', got {ws!r}")
+            raise ModelSpecError(f"ws must be 'official', 'timm' or 'plain', got {ws!r}")
         if ws != "timm" and gamma != 1.0:
-            raise ValueError(f"with ws={ws!r} γ belongs in the activation, not the conv")
+            raise ModelSpecError(f"with ws={ws!r} γ belongs in the activation, not the conv")
         static = _static_padding(self.kernel_size, self.stride, self.dilation, padding)
         self.padding_mode_same = static is None
         if static is not None:
@@ -198,10 +201,22 @@ class _ScaledStdConvNd:
         self.gamma = float(gamma)
         self.eps = float(eps if eps is not None else (1e-4 if ws == "official" else 1e-5))
         self.fan_in = self.weight[0].numel()
-        self.gain = nn.Parameter(torch.ones(out_channels)) if ws != "plain" else None
-        nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(self.fan_in))  # official: fan-in normal
+        self.gain = (nn.Parameter(torch.ones(out_channels, device=device, dtype=dtype))
+                     if ws != "plain" else None)
+
+    def reset_parameters(self) -> None:
+        """Initialize as the official code: fan-in normal weight, zero bias, unit gain.
+
+        ``nn.ConvNd``'s own initialization runs first and is overwritten, so the random numbers a
+        seeded build draws are those of the plain conv of the same shape followed by this one.
+        (``nn.ConvNd.__init__`` calls this before ``gain`` exists; ``__init__`` creates it as ones.)
+        """
+        super().reset_parameters()  # type: ignore[misc]
+        nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(self.weight[0].numel()))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        if getattr(self, "gain", None) is not None:
+            nn.init.ones_(self.gain)
 
     def standardized_weight(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
         """Ŵ (times ``scale``, folded into the per-channel multiplier at no extra pass over W).
@@ -259,17 +274,27 @@ class ScaledStdConv3d(_ScaledStdConvNd, nn.Conv3d):
     """Conv3d with Scaled Weight Standardization (video, volumes); options as :class:`ScaledStdConv2d`."""
 
 
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-           groups: int = 1, padding: Padding = "same", bias: bool = False) -> nn.Conv2d:
-    """A plain He-initialized (fan-in, ReLU gain) conv with the same padding modes, for baselines."""
-    p = _static_padding((kernel_size,) * 2, (stride,) * 2, (1, 1), padding)
-    conv = (nn.Conv2d(in_channels, out_channels, kernel_size, stride, p, groups=groups, bias=bias)
-            if p is not None else SamePadConv2d(in_channels, out_channels, kernel_size, stride,
-                                                groups=groups, bias=bias))
-    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
+class HeConv2d(nn.Conv2d):
+    """A plain conv with He (fan-in, ReLU gain) normal init and the padding modes of the Scaled-WS
+    convs, for the normalized baselines and the "no Scaled WS" ablation."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1, padding: Padding = "same", bias: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        static = _static_padding((kernel_size,) * 2, (stride,) * 2, (1, 1), padding)
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0 if static is None else static, groups=groups,
+                         bias=bias, device=device, dtype=dtype)
+        self.padding_mode_same = static is None
+
+    def reset_parameters(self) -> None:
+        """He-normal weight, zero bias (after ``nn.Conv2d``'s own draws, as for the Scaled-WS convs)."""
+        super().reset_parameters()
+        nn.init.kaiming_normal_(self.weight, mode="fan_in", nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_forward(self, x)
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -279,6 +304,21 @@ class SamePadConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_forward(self, x)
+
+
+def plain_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+    """A plain conv with ``conv``'s geometry (dynamic TF-SAME padding where it had it) holding the
+    given tensors: how deploy mode turns Scaled-WS convs and conv → BatchNorm pairs into one conv."""
+    same = getattr(conv, "padding_mode_same", False)
+    cls, padding = (SamePadConv2d, 0) if same else (nn.Conv2d, conv.padding)
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+              conv.stride, padding, conv.dilation, conv.groups, bias=bias is not None,  # type: ignore[arg-type]
+              device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
 
 
 _CONV_FNS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by weight rank
@@ -292,7 +332,7 @@ def conv_forward(conv: nn.modules.conv._ConvNd, x: torch.Tensor,
     This is how scalars that would otherwise cost a pass over a (large) activation are folded into a
     (small) weight: ``conv(c·x) = conv_{c·W}(x)`` and ``c·conv(x) = conv_{c·W, c·b}(x)``. Works for
     the Scaled-WS convs (the scale rides on their per-channel multiplier; also their ``forward``),
-    :class:`SamePadConv2d` and plain ``nn.Conv1d/2d/3d``.
+    :class:`HeConv2d`, :class:`SamePadConv2d` and plain ``nn.Conv1d/2d/3d``.
     """
     if isinstance(conv, _ScaledStdConvNd):
         weight = conv.standardized_weight(weight_scale)

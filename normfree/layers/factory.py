@@ -11,10 +11,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import torch
 from torch import nn
 
+from ..errors import ModelSpecError
 from .activations import GammaAct, get_gamma
-from .conv import Padding, ScaledStdConv2d, conv2d
+from .conv import HeConv2d, Padding, ScaledStdConv2d
 from .norms import BatchNorm2d, EvoNormB0, EvoNormS0, GroupNorm2d, ScalarBias
 
 NORMS: dict[str, Callable[..., nn.Module]] = {
@@ -45,6 +47,8 @@ class LayerFactory:
             before every conv and activation, the activation moved after the residual sum.
         gamma_in_act: with ``ws="timm"``, keep γ in the activations instead of the convs (timm's
             ``dm_nfnet_*`` models); official WS always has it there.
+        device / dtype: where and in which dtype every layer's parameters are created (PyTorch's
+            factory kwargs; ``device="meta"`` builds a network without allocating its weights).
     """
 
     act: str = "relu"
@@ -56,27 +60,34 @@ class LayerFactory:
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
     fixup: bool = False
     gamma_in_act: bool = False
+    device: torch.device | str | None = None
+    dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         get_gamma(self.act)  # validates the name
         if self.norm is not None and self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of {sorted(NORMS)} or None")
+            raise ModelSpecError(f"unknown norm {self.norm!r}; choose one of {sorted(NORMS)} or None")
         if self.norm_order not in ("norm_act", "act_norm"):
-            raise ValueError(f"norm_order must be 'norm_act' or 'act_norm', got {self.norm_order!r}")
+            raise ModelSpecError(f"norm_order must be 'norm_act' or 'act_norm', got {self.norm_order!r}")
         if self.norm is None and (self.norm_kwargs or self.norm_order != "norm_act"):
-            raise ValueError("norm_kwargs / norm_order given without a norm")
+            raise ModelSpecError("norm_kwargs / norm_order given without a norm")
         if self.std_conv and self.ws == "plain" and self.normalizer_free:
-            raise ValueError("plain weight standardization needs a normalization layer after it")
+            raise ModelSpecError("plain weight standardization needs a normalization layer after it")
         if self.fused_act and (self.act != "relu" or self.norm_order != "norm_act"):
-            raise ValueError(f"{self.norm} includes its own nonlinearity: leave act='relu' and "
+            raise ModelSpecError(f"{self.norm} includes its own nonlinearity: leave act='relu' and "
                              "norm_order='norm_act'")
         if self.fixup and (self.norm is not None or self.std_conv):
-            raise ValueError("Fixup is normalizer-free with plain convs: norm=None, std_conv=False")
+            raise ModelSpecError("Fixup is normalizer-free with plain convs: norm=None, std_conv=False")
 
     @property
     def fused_act(self) -> bool:
         """True for norm layers that include the activation (EvoNorm)."""
         return self.norm is not None and getattr(NORMS[self.norm], "fused_act", False)
+
+    @property
+    def factory_kwargs(self) -> dict[str, Any]:
+        """``{"device": ..., "dtype": ...}`` for layers built outside the factory."""
+        return {"device": self.device, "dtype": self.dtype}
 
     @property
     def normalizer_free(self) -> bool:
@@ -98,9 +109,9 @@ class LayerFactory:
         if self.std_conv:
             gamma = get_gamma(self.act) if self.ws == "timm" and not self.gamma_in_act else 1.0
             return ScaledStdConv2d(cin, cout, kernel, stride, padding=self.padding, groups=groups,
-                                   ws=self.ws, gamma=gamma, bias=self.ws != "plain")
-        return conv2d(cin, cout, kernel, stride, groups, padding=self.padding,
-                      bias=self.normalizer_free and not self.fixup)
+                                   ws=self.ws, gamma=gamma, bias=self.ws != "plain", **self.factory_kwargs)
+        return HeConv2d(cin, cout, kernel, stride, groups, padding=self.padding,
+                        bias=self.normalizer_free and not self.fixup, **self.factory_kwargs)
 
     def act_layer(self, channels: int, scale: float = 1.0) -> nn.Module:
         """The activation between convs; for normalized nets ``norm → act`` (the official order),
@@ -109,10 +120,10 @@ class LayerFactory:
         if self.normalizer_free and not self.fixup:
             return act
         if scale != 1.0:
-            raise ValueError("only a normalizer-free network with α/β scales its block inputs")
+            raise ModelSpecError("only a normalizer-free network with α/β scales its block inputs")
         if self.fixup:
-            return nn.Sequential(OrderedDict(bias_in=ScalarBias(), act=act, bias_out=ScalarBias()))
-        norm = NORMS[self.norm](channels, **self.norm_kwargs)  # type: ignore[index]
+            return nn.Sequential(OrderedDict(bias_in=self.scalar_bias(), act=act, bias_out=self.scalar_bias()))
+        norm = NORMS[self.norm](channels, **self.norm_kwargs, **self.factory_kwargs)  # type: ignore[index]
         if self.fused_act:
             return norm
         return nn.Sequential(norm, act) if self.norm_order == "norm_act" else nn.Sequential(act, norm)
@@ -120,14 +131,17 @@ class LayerFactory:
     def preact_layer(self, channels: int, scale: float = 1.0) -> nn.Module:
         """What a residual block applies to its input first: the activation (with β) in pre-activation
         nets; Fixup's input has been activated already, so only its scalar bias."""
-        return ScalarBias() if self.fixup else self.act_layer(channels, scale)
+        return self.scalar_bias() if self.fixup else self.act_layer(channels, scale)
 
     def post_layer(self) -> nn.Module | None:
         """Applied after the residual sum (and after the stem conv): only Fixup, ``bias → act``."""
         if not self.fixup:
             return None
-        return nn.Sequential(OrderedDict(bias=ScalarBias(), act=GammaAct(self.act, gamma=1.0)))
+        return nn.Sequential(OrderedDict(bias=self.scalar_bias(), act=GammaAct(self.act, gamma=1.0)))
 
     def final_layer(self, channels: int) -> nn.Module:
         """Before the global pool: the activation (pre-activation nets) or Fixup's classifier bias."""
-        return ScalarBias() if self.fixup else self.act_layer(channels)
+        return self.scalar_bias() if self.fixup else self.act_layer(channels)
+
+    def scalar_bias(self) -> ScalarBias:
+        return ScalarBias(**self.factory_kwargs)

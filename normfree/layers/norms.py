@@ -16,6 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ModelSpecError
+
+Device = torch.device | str | None
+
 SIGMA_ACT = 0.58
 """Davis & Frank's σ_act: the input-normalization BN scale is ``SIGMA_ACT × BN scale init``."""
 
@@ -23,7 +27,7 @@ SIGMA_ACT = 0.58
 def fit_groups(channels: int, groups: int) -> int:
     """The largest group count ≤ ``groups`` that divides ``channels`` (tiny test widths need fewer)."""
     if channels < 1 or groups < 1:
-        raise ValueError(f"channels and groups must be positive, got {channels} and {groups}")
+        raise ModelSpecError(f"channels and groups must be positive, got {channels} and {groups}")
     g = min(groups, channels)
     while channels % g:
         g -= 1
@@ -34,20 +38,29 @@ class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with its scale initialized to ``scale_init`` (revisited BN uses 0.1)."""
 
     def __init__(self, num_features: int, scale_init: float = 1.0, eps: float = 1e-5,
-                 momentum: float = 0.1) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum)
+                 momentum: float = 0.1, device: Device = None, dtype: torch.dtype | None = None) -> None:
         if scale_init <= 0:
-            raise ValueError(f"scale_init must be positive, got {scale_init}")
+            raise ModelSpecError(f"scale_init must be positive, got {scale_init}")
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+        self.scale_init = float(scale_init)
         nn.init.constant_(self.weight, scale_init)
 
+    def reset_parameters(self) -> None:
+        """As ``nn.BatchNorm2d``, then the scale at ``scale_init`` (called by ``nn.BatchNorm2d``'s
+        constructor too, before ``scale_init`` is set: ``__init__`` sets the scale itself)."""
+        super().reset_parameters()
+        if hasattr(self, "scale_init"):
+            nn.init.constant_(self.weight, self.scale_init)
 
-def input_batch_norm(channels: int, scale_init: float = 1.0) -> BatchNorm2d:
+
+def input_batch_norm(channels: int, scale_init: float = 1.0, device: Device = None,
+                     dtype: torch.dtype | None = None) -> BatchNorm2d:
     """Revisited BN's input layer: a BN on the raw [0, 1] images instead of a fixed dataset mean/std.
 
     As ``osu-cvl/revisiting-bn-init`` ``construct_network(input_norm='bn')``: its scale starts at
     ``SIGMA_ACT × scale_init`` and its shift is frozen at 0 (only the scale learns).
     """
-    bn = BatchNorm2d(channels, scale_init=SIGMA_ACT * scale_init)
+    bn = BatchNorm2d(channels, scale_init=SIGMA_ACT * scale_init, device=device, dtype=dtype)
     bn.bias.requires_grad_(False)
     return bn
 
@@ -55,12 +68,20 @@ def input_batch_norm(channels: int, scale_init: float = 1.0) -> BatchNorm2d:
 class GroupNorm2d(nn.GroupNorm):
     """GroupNorm with ``groups`` (32, as Wu & He) reduced to a divisor of the width when needed."""
 
-    def __init__(self, num_channels: int, groups: int = 32, eps: float = 1e-5) -> None:
-        super().__init__(fit_groups(num_channels, groups), num_channels, eps=eps)
+    def __init__(self, num_channels: int, groups: int = 32, eps: float = 1e-5, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(fit_groups(num_channels, groups), num_channels, eps=eps, device=device, dtype=dtype)
 
 
-def _param(channels: int, value: float) -> nn.Parameter:
-    return nn.Parameter(torch.full((1, channels, 1, 1), value))
+def _param(channels: int, device: Device, dtype: torch.dtype | None) -> nn.Parameter:
+    return nn.Parameter(torch.empty(1, channels, 1, 1, device=device, dtype=dtype))
+
+
+def _reset_evonorm(m: EvoNormB0 | EvoNormS0) -> None:
+    """EvoNorm's initialization: unit scale and v, zero shift."""
+    nn.init.ones_(m.weight)
+    nn.init.zeros_(m.bias)
+    nn.init.ones_(m.v)
 
 
 class EvoNormB0(nn.Module):
@@ -73,12 +94,17 @@ class EvoNormB0(nn.Module):
 
     fused_act = True
 
-    def __init__(self, channels: int, eps: float = 1e-3, momentum: float = 0.1) -> None:
+    def __init__(self, channels: int, eps: float = 1e-3, momentum: float = 0.1, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.eps, self.momentum = eps, momentum
-        self.weight, self.bias = _param(channels, 1.0), _param(channels, 0.0)
-        self.v = _param(channels, 1.0)
-        self.register_buffer("running_var", torch.ones(1, channels, 1, 1))
+        self.weight, self.bias, self.v = (_param(channels, device, dtype) for _ in range(3))
+        self.register_buffer("running_var", torch.ones(1, channels, 1, 1, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _reset_evonorm(self)
+        self.running_var.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -101,11 +127,15 @@ class EvoNormS0(nn.Module):
 
     fused_act = True
 
-    def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.groups, self.eps = fit_groups(channels, groups), eps
-        self.weight, self.bias = _param(channels, 1.0), _param(channels, 0.0)
-        self.v = _param(channels, 1.0)
+        self.weight, self.bias, self.v = (_param(channels, device, dtype) for _ in range(3))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _reset_evonorm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -121,9 +151,12 @@ class EvoNormS0(nn.Module):
 class ScalarBias(nn.Module):
     """``x + b`` with one learnable scalar ``b`` (init 0): Fixup's bias before convs and activations."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: Device = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ModelSpecError
+
 
 class StochasticDepth(nn.Module):
     """Drop a residual branch per example during training.
@@ -16,7 +18,7 @@ class StochasticDepth(nn.Module):
     def __init__(self, rate: float, scale_by_keep: bool = False) -> None:
         super().__init__()
         if not 0.0 <= rate < 1.0:
-            raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate}")
+            raise ModelSpecError(f"stochastic depth rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.scale_by_keep = scale_by_keep
 

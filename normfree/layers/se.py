@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelSpecError
+
 
 class SqueezeExcite(nn.Module):
     """``x · gain · sigmoid(fc1(relu(fc0(mean_hw(x)))))``.
@@ -14,12 +16,13 @@ class SqueezeExcite(nn.Module):
     named fc0/fc1 as in the official Haiku module so checkpoints map one-to-one.
     """
 
-    def __init__(self, channels: int, hidden: int, gain: float = 2.0) -> None:
+    def __init__(self, channels: int, hidden: int, gain: float = 2.0,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if hidden < 1:
-            raise ValueError(f"SE hidden width must be at least 1, got {hidden}")
-        self.fc0 = nn.Linear(channels, hidden)
-        self.fc1 = nn.Linear(hidden, channels)
+            raise ModelSpecError(f"SE hidden width must be at least 1, got {hidden}")
+        self.fc0 = nn.Linear(channels, hidden, device=device, dtype=dtype)
+        self.fc1 = nn.Linear(hidden, channels, device=device, dtype=dtype)
         self.gain = float(gain)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:

@@ -14,7 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from .net import ResNet
+from ..errors import ConfigError, ModelSpecError
+from .net import ResidualNetwork
 
 _RECIPE: dict[str, Any] = {"stochdepth_rate": 0.0, "fc_init_std": 0.0}
 BASE_DEFAULTS: dict[str, Any] = {"std_conv": False, **_RECIPE}
@@ -52,7 +53,7 @@ def _he_fan_out_std(conv: nn.Conv2d) -> float:
     return math.sqrt(2.0 / (conv.out_channels * k))
 
 
-def fixup_init(model: ResNet) -> None:
+def fixup_init(model: ResidualNetwork) -> None:
     """Fixup's initialization, as ``hongyi-zhang/Fixup`` (``fixup_resnet_imagenet.py``).
 
     In every residual branch of m convs: the last conv is zero, the others are He (fan-out) normal
@@ -64,7 +65,7 @@ def fixup_init(model: ResNet) -> None:
     for block in blocks:
         convs = [m for m in block.branch.modules() if isinstance(m, nn.Conv2d)]
         if len(convs) < 2:
-            raise ValueError("Fixup needs at least two convs per residual branch")
+            raise ModelSpecError("Fixup needs at least two convs per residual branch")
         scale = len(blocks) ** (-1.0 / (2 * len(convs) - 2))
         for conv in convs[:-1]:
             nn.init.normal_(conv.weight, 0.0, _he_fan_out_std(conv) * scale)
@@ -72,7 +73,7 @@ def fixup_init(model: ResNet) -> None:
         if block.shortcut is not None:
             for conv in (m for m in block.shortcut.modules() if isinstance(m, nn.Conv2d)):
                 nn.init.normal_(conv.weight, 0.0, _he_fan_out_std(conv))
-    model.stem.conv.reset_parameters()
+    nn.Conv2d.reset_parameters(model.stem.conv)  # PyTorch's default, not the He init of HeConv2d
     nn.init.zeros_(model.fc.weight)
     nn.init.zeros_(model.fc.bias)
 
@@ -100,7 +101,7 @@ def revisited_bn_param_groups(model: nn.Module, lr: float, weight_decay: float =
     ``lr / c`` (c = 100 in their paper and script) with no weight decay, other 1-D parameters
     (biases, BN shifts) with no weight decay, conv and linear weights with ``weight_decay``."""
     if c < 1:
-        raise ValueError(f"c divides the BN-scale learning rate and must be >= 1, got {c}")
+        raise ConfigError(f"c divides the BN-scale learning rate and must be >= 1, got {c}")
     bn_scales = {id(m.weight) for m in model.modules()
                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
     scales: list[nn.Parameter] = []

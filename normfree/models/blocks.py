@@ -10,17 +10,20 @@ activation after the sum, which makes the same block post-activation (see ``Laye
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
 
 from ..layers import (AvgPoolSame, GammaAct, LayerFactory, SqueezeExcite, StochasticDepth,
                       block_drop_rates)
-from ..layers.conv import conv_forward
+from ..errors import ModelSpecError
+from ..layers.conv import conv_forward, plain_conv
+from .fold import FoldPlan, ShortcutPlan, activation_of, clear_factor, plan_block, shortcut_conv
 
 ShortcutKind = Literal["conv", "avgpool_conv"]
 
@@ -44,12 +47,18 @@ class ResidualBlock(nn.Module):
     signal before stochastic depth, gain and α), ``skip_gain`` (scalar parameter or None), ``alpha``,
     ``beta``, ``post`` (applied after the residual sum; None except for Fixup).
 
-    ``fast_path`` (default True; see :func:`set_fast_path`) computes the same function with every
-    scalar folded into a weight: γ·β of the pre-activation and γ of inner activations go into the next
-    conv's weight, α·g into the last conv's weight and bias (or the SE gate), the stochastic-depth mask
-    into the residual add (``addcmul``), and inner activations run in place on fresh conv outputs. The
-    plain path (:meth:`forward_unfolded`) is used instead whenever a submodule carries hooks, so
-    tools that hook ``preact``/``branch`` members still see every call.
+    ``plan`` (a :class:`~normfree.models.fold.FoldPlan`, computed at construction) says which weight
+    absorbs which scalar; the folded path (:meth:`forward_folded`) and deploy mode
+    (:meth:`fold_scalars_`) both follow it. On the folded path γ·β of the pre-activation and γ of inner
+    activations go into the next conv's weight, α·g into the last conv's weight and bias (or the SE
+    gate), the stochastic-depth mask into the residual add (``addcmul``), and inner activations run in
+    place on fresh conv outputs.
+
+    The rule: ``forward`` takes the folded path when ``fast_path`` is True (the default) and the plain
+    path (:meth:`forward_unfolded`, every submodule called) otherwise. The folded path does not call
+    the branch's submodules, so their hooks do not fire: code that hooks them switches the plain path
+    on with :func:`unfolded` or :func:`set_fast_path` (normfree's signal-propagation and MAC counting
+    do). Hooks on the block itself, on stages and on the network fire on both paths.
     """
 
     fast_path: bool = True
@@ -60,7 +69,7 @@ class ResidualBlock(nn.Module):
                  drop_path_scale: bool = False, skipinit_gain: float | None = 0.0) -> None:
         super().__init__()
         if not convs:
-            raise ValueError("a residual branch needs at least one conv")
+            raise ModelSpecError("a residual branch needs at least one conv")
         out_ch = convs[-1].out
         stride = math.prod(c.stride for c in convs)
         self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
@@ -80,12 +89,14 @@ class ResidualBlock(nn.Module):
                                                           spec.groups)
             ch = spec.out
             if se_hidden > 0 and i == se_index:
-                branch["se"] = SqueezeExcite(ch, se_hidden, gain=layers.se_gain)
+                branch["se"] = SqueezeExcite(ch, se_hidden, gain=layers.se_gain, **layers.factory_kwargs)
         self.branch = nn.Sequential(branch)
         self.drop_path = StochasticDepth(drop_path_rate, scale_by_keep=drop_path_scale)
-        self.skip_gain = (nn.Parameter(torch.full((), float(skipinit_gain)))
-                          if nf and skipinit_gain is not None else None)
+        self.skipinit_gain = float(skipinit_gain) if nf and skipinit_gain is not None else None
+        self.skip_gain = (nn.Parameter(torch.full((), self.skipinit_gain, **layers.factory_kwargs))
+                          if self.skipinit_gain is not None else None)
         self.post = layers.post_layer()
+        self.plan = plan_block(self.preact, self.shortcut, self.branch)
 
     @staticmethod
     def _make_shortcut(in_ch: int, out_ch: int, stride: int, layers: LayerFactory,
@@ -96,9 +107,15 @@ class ResidualBlock(nn.Module):
             return layers.conv(in_ch, out_ch, 1, stride)
         if kind == "avgpool_conv":
             if stride != 2:
-                raise ValueError("the average-pool shortcut supports stride 2 only")
+                raise ModelSpecError("the average-pool shortcut supports stride 2 only")
             return nn.Sequential(OrderedDict(pool=AvgPoolSame(2, 2), conv=layers.conv(in_ch, out_ch, 1)))
-        raise ValueError(f"unknown shortcut {kind!r}; choose 'conv' or 'avgpool_conv'")
+        raise ModelSpecError(f"unknown shortcut {kind!r}; choose 'conv' or 'avgpool_conv'")
+
+    def reset_parameters(self) -> None:
+        """The block's own parameter, the skip gain, back to ``skipinit_gain`` (its layers reset
+        themselves)."""
+        if self.skip_gain is not None and self.skipinit_gain is not None:
+            nn.init.constant_(self.skip_gain, self.skipinit_gain)
 
     @property
     def is_transition(self) -> bool:
@@ -106,12 +123,10 @@ class ResidualBlock(nn.Module):
         return self.shortcut is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_path and not self._hooked():
-            return self.forward_folded(x)
-        return self.forward_unfolded(x)
+        return self.forward_folded(x) if self.fast_path else self.forward_unfolded(x)
 
     def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
-        """The reference formulation: one elementwise pass per scalar."""
+        """The reference formulation: one elementwise pass per scalar, every submodule called."""
         out = self.preact(x)
         shortcut = x if self.shortcut is None else self.shortcut(out)
         out = self.drop_path(self.branch(out))
@@ -123,29 +138,32 @@ class ResidualBlock(nn.Module):
         return out if self.post is None else self.post(out)
 
     def forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """Same function as :meth:`forward_unfolded`, scalars folded into weights (see class doc)."""
-        owed: float | None  # the factor the next linear layer must absorb; None once α·g is absorbed
-        out, owed = _activate(self.preact, x, fresh=False) or (self.preact(x), 1.0)
-        shortcut = x if self.shortcut is None else _shortcut_folded(self.shortcut, out, owed)
-        gain: torch.Tensor | float | None = self.alpha if self.alpha != 1.0 else None
-        if self.skip_gain is not None:
-            gain = self.skip_gain * self.alpha
+        """Same function as :meth:`forward_unfolded`, scalars moved into weights as :attr:`plan` says."""
+        plan = self.plan
+        owed: float | None = None  # a deferred activation factor the next conv absorbs
+        if plan.preact_deferred:
+            out, owed = _deferred_act(self.preact, x, inplace=False)
+        else:
+            out = self.preact(x)
+        shortcut = x if self.shortcut is None else _run_shortcut(self.shortcut, plan.shortcut, out, owed)
+        gain = self._output_gain()
         mods = list(self.branch)
         fresh = False  # True when `out` is a new tensor that nothing else reads or saved
-        for i, m in enumerate(mods):
-            tail = gain if i == len(mods) - 1 else None  # the last module may absorb α·g
-            if isinstance(m, nn.Conv2d):
-                out = conv_forward(m, out, _times(owed, tail), tail)
-            elif isinstance(m, SqueezeExcite):
-                out = m(_owe(out, owed), 1.0 if tail is None else tail)
-            else:
-                out = _owe(out, owed)
-                out, owed = _activate(m, out, fresh) or (m(out), 1.0)
+        for i, (m, step) in enumerate(zip(mods, plan.steps)):
+            tail = gain if plan.gain_into is not None and i == len(mods) - 1 else None
+            if step == "conv":
+                out, fresh = conv_forward(m, out, _times(owed, tail), tail), True
+            elif step == "se":
+                out, fresh = m(out, 1.0 if tail is None else tail), True
+            elif plan.deferred[i]:
+                out, owed = _deferred_act(m, out, inplace=fresh)
                 fresh = False  # an activation saves its output for backward
                 continue
-            owed, fresh = (1.0 if tail is None else None), True  # None: α·g absorbed
-        if owed is not None:
-            out = _owe(out, _times(owed, gain))
+            else:
+                out, fresh = m(out), False
+            owed = None
+        if plan.gain_into is None and gain is not None:
+            out = out * gain
         mask = self.drop_path.keep_mask(out)
         if mask is not None:
             out = torch.addcmul(shortcut, out, mask)
@@ -153,12 +171,58 @@ class ResidualBlock(nn.Module):
             out = out.add_(shortcut) if fresh and out.dtype == shortcut.dtype else out + shortcut
         return out if self.post is None else self.post(out)
 
-    def _hooked(self) -> bool:
-        """True when a submodule has hooks, which the folded path would silently bypass."""
-        if _global_hooks():
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                   or m._backward_pre_hooks for m in self.modules() if m is not self)
+    def _output_gain(self) -> torch.Tensor | float | None:
+        """α·g, or α alone, or None when the branch output is not scaled at all."""
+        if self.skip_gain is not None:
+            return self.skip_gain * self.alpha
+        return self.alpha if self.alpha != 1.0 else None
+
+    def replan(self) -> FoldPlan:
+        """Recompute :attr:`plan` after changing the block's modules (deploy mode does)."""
+        self.plan = plan_block(self.preact, self.shortcut, self.branch)
+        return self.plan
+
+    @torch.no_grad()
+    def fold_scalars_(self) -> None:
+        """Deploy mode, in place: eval-mode BatchNorms after branch convs go into those convs, then
+        every scalar :attr:`plan` defers is multiplied into its weight once and set to 1. Only valid for
+        inference (stochastic depth is switched off)."""
+        self._fold_batchnorms()
+        plan = self.replan()
+        mods = list(self.branch)
+        if plan.preact_deferred:
+            act = activation_of(self.preact)
+            mods[0].weight.mul_(act.factor)  # type: ignore[union-attr]
+            sc = shortcut_conv(self.shortcut)
+            if sc is not None:
+                sc.weight.mul_(act.factor)  # type: ignore[union-attr]
+            clear_factor(act)  # type: ignore[arg-type]
+        for i, deferred in enumerate(plan.deferred):
+            if deferred:
+                act = activation_of(mods[i])
+                mods[i + 1].weight.mul_(act.factor)  # type: ignore[union-attr]
+                clear_factor(act)  # type: ignore[arg-type]
+        if plan.gain_into is None:
+            return
+        gain = self.alpha * (1.0 if self.skip_gain is None else float(self.skip_gain))
+        last = mods[-1]
+        if plan.gain_into == "conv":
+            last.weight.mul_(gain)
+            if last.bias is not None:
+                last.bias.mul_(gain)
+        else:
+            last.gain *= gain
+        self.alpha, self.skip_gain = 1.0, None
+        self.drop_path.rate = 0.0
+
+    def _fold_batchnorms(self) -> None:
+        """conv → (BatchNorm → activation) in the branch becomes conv' → activation."""
+        mods = list(self.branch.named_children())
+        for (prev_name, prev), (name, m) in zip(mods, mods[1:]):
+            if (isinstance(prev, nn.Conv2d) and isinstance(m, nn.Sequential) and len(m) == 2
+                    and isinstance(m[0], nn.BatchNorm2d) and isinstance(m[1], GammaAct)):
+                setattr(self.branch, prev_name, fold_bn_into_conv(prev, m[0]))
+                setattr(self.branch, name, m[1])
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}, beta={self.beta:.6g}" if self.skip_gain is not None else ""
@@ -172,9 +236,17 @@ def set_fast_path(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
-def _global_hooks() -> bool:
-    g = nn.modules.module
-    return bool(g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks)
+@contextlib.contextmanager
+def unfolded(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model``'s blocks on the plain path inside the ``with`` (for hooks on block internals),
+    restoring each block's previous setting on exit."""
+    saved = [(m, m.fast_path) for m in model.modules() if isinstance(m, ResidualBlock)]
+    set_fast_path(model, False)
+    try:
+        yield model
+    finally:
+        for m, enabled in saved:
+            m.fast_path = enabled
 
 
 def _times(a: torch.Tensor | float | None, b: torch.Tensor | float | None) -> torch.Tensor | float | None:
@@ -186,42 +258,35 @@ def _times(a: torch.Tensor | float | None, b: torch.Tensor | float | None) -> to
     return a * b
 
 
-def _owe(x: torch.Tensor, factor: torch.Tensor | float | None) -> torch.Tensor:
-    """Pay an owed factor with an elementwise pass, only when there is something to pay."""
-    if factor is None or (isinstance(factor, float) and factor == 1.0):
-        return x
-    return x * factor
-
-
-def _activate(m: nn.Module, x: torch.Tensor, fresh: bool) -> tuple[torch.Tensor, float] | None:
-    """``(fn(x), factor)`` for an activation layer (GammaAct, or norm → GammaAct), else None.
-
-    The factor is left for the next linear layer to absorb. ``fresh``: x is read by nothing else, so
-    the function may run in place (a norm layer's output always is).
-    """
-    if isinstance(m, GammaAct):
-        return m.apply_fn(x, inplace=fresh), m.factor
-    if isinstance(m, nn.Sequential) and len(m) > 1 and isinstance(m[-1], GammaAct):
-        y = x
+def _deferred_act(m: nn.Module, x: torch.Tensor, inplace: bool) -> tuple[torch.Tensor, float]:
+    """``(fn(x), factor)`` for an activation layer (GammaAct, or norm → GammaAct): the factor is left
+    for the next conv. ``inplace``: x is read by nothing else (a norm layer's output always is)."""
+    act = activation_of(m)
+    assert act is not None  # the plan only defers activation layers
+    y = x
+    if act is not m:
         for sub in list(m)[:-1]:
             y = sub(y)
-        return m[-1].apply_fn(y, inplace=fresh or y is not x), m[-1].factor
-    return None
+    return act.apply_fn(y, inplace=inplace or y is not x), act.factor
 
 
-_LINEAR_POOLS = (AvgPoolSame, nn.AvgPool2d, nn.Identity)
-
-
-def _shortcut_folded(sc: nn.Module, x: torch.Tensor, owed: float) -> torch.Tensor:
-    """The projection shortcut on ``x · owed``, with ``owed`` folded into its conv."""
-    if isinstance(sc, nn.Conv2d):
-        return conv_forward(sc, x, owed)
-    if isinstance(sc, nn.Sequential) and isinstance(sc[-1], nn.Conv2d) and all(
-            isinstance(m, _LINEAR_POOLS) for m in list(sc)[:-1]):
-        for m in list(sc)[:-1]:
+def _run_shortcut(sc: nn.Module, kind: ShortcutPlan, x: torch.Tensor, owed: float | None) -> torch.Tensor:
+    """The projection shortcut on ``x · owed``, with ``owed`` folded into its conv (the plan defers
+    nothing past a shortcut of another kind)."""
+    if kind == "conv":
+        return conv_forward(sc, x, owed)  # type: ignore[arg-type]
+    if kind == "pooled_conv":
+        for m in list(sc)[:-1]:  # type: ignore[call-overload]
             x = m(x)  # average pools commute with a scalar
-        return conv_forward(sc[-1], x, owed)
-    return sc(_owe(x, owed))
+        return conv_forward(sc[-1], x, owed)  # type: ignore[index]
+    return sc(x)
+
+
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv followed by eval-mode BN as one plain conv."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    return plain_conv(conv, conv.weight * scale.view(-1, 1, 1, 1), (bias - bn.running_mean) * scale + bn.bias)
 
 
 BlockFn = Callable[[int, int, int, float, float], ResidualBlock]

@@ -3,52 +3,107 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..deploy import deploy
+from ..errors import ModelSpecError
+from ..layers import GammaAct
+from .fold import clear_factor
 
-class ResNet(nn.Module):
+
+class ResidualNetwork(nn.Module):
     """Stem, stages of residual blocks, then ``final`` (activation, or final conv + activation),
-    global average pool, dropout and a linear classifier.
+    global average pool, dropout and a linear classifier ``fc`` (``nn.Identity`` with 0 classes).
 
-    Attributes: ``stem``, ``stages`` (``nn.Sequential`` of ``nn.Sequential`` of blocks), ``final``,
-    ``fc``, ``expected_var`` (predicted signal variance after each block with unit skip gains; None for
-    normalized nets), ``input_size`` (default square resolution), ``num_features``.
+    Every family (NF-ResNet, NF-RegNet, NFNet, the normalized baselines) is this class; only the stem,
+    the blocks and ``final`` differ. Attributes: ``stem``, ``stages`` (``nn.Sequential`` of
+    ``nn.Sequential`` of blocks), ``final``, ``fc``, ``expected_var`` (predicted signal variance after
+    each block with unit skip gains; None for normalized nets), ``num_features``, ``pretrained_cfg``
+    (resolutions, crop and normalization the model is meant to be trained and evaluated with; see
+    :func:`~normfree.models.variants.pretrained_cfg`), ``extra_init`` (an initialization run after
+    the layers' own, e.g. Fixup's; :meth:`init_weights` repeats it).
     """
 
     def __init__(self, stem: nn.Module, stages: nn.Sequential, final: nn.Module, num_features: int,
                  num_classes: int = 1000, drop_rate: float = 0.0, fc_init_std: float = 0.01,
-                 expected_var: list[float] | None = None, input_size: int = 224) -> None:
+                 expected_var: list[float] | None = None, pretrained_cfg: dict[str, Any] | None = None,
+                 extra_init: Callable[[ResidualNetwork], None] | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
         if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+            raise ModelSpecError(f"drop_rate must be in [0, 1), got {drop_rate}")
         self.stem = stem
         self.stages = stages
         self.final = final
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(num_features, num_classes)
-        if fc_init_std > 0:
-            nn.init.normal_(self.fc.weight, 0.0, fc_init_std)
+        self.num_features = num_features
+        self.drop_rate = drop_rate
+        self.fc_init_std = fc_init_std
+        self.expected_var = expected_var
+        self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
+        self.grad_checkpointing = False
+        self.extra_init = extra_init
+        self.reset_classifier(num_classes, device=device, dtype=dtype)
+        if extra_init is not None:
+            extra_init(self)
+
+    def init_weights(self) -> ResidualNetwork:
+        """Re-initialize every parameter exactly as construction did: each layer's
+        ``reset_parameters()`` in construction order, the classifier's init, then the family's
+        ``extra_init`` (Fixup's). Under the same seed this gives the weights of a fresh build, and it
+        materializes a network built on the ``meta`` device after ``to_empty()``."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        self._init_classifier()
+        if self.extra_init is not None:
+            self.extra_init(self)
+        return self
+
+    @property
+    def input_size(self) -> int:
+        """The square resolution to evaluate and analyse at (``pretrained_cfg["test_input_size"]``)."""
+        return int(self.pretrained_cfg.get("test_input_size", (3, 224, 224))[-1])
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer (timm convention)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, *, device: torch.device | str | None = None,
+                         dtype: torch.dtype | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: ``nn.Identity``, the pooled features), initialized
+        as at construction (normal with ``fc_init_std``, or zeros), on the current device and dtype."""
+        if num_classes < 0:
+            raise ModelSpecError(f"num_classes must be >= 0, got {num_classes}")
+        ref = next((p for n, p in self.named_parameters() if not n.startswith("fc.")), None)
+        if ref is not None:
+            device, dtype = device or ref.device, dtype or ref.dtype
+        self.num_classes = num_classes
+        self.pretrained_cfg["num_classes"] = num_classes
+        if num_classes == 0:
+            self.fc: nn.Module = nn.Identity()
+            return
+        self.fc = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+        self._init_classifier()
+
+    def _init_classifier(self) -> None:
+        if not isinstance(self.fc, nn.Linear):
+            return
+        if self.fc_init_std > 0:
+            nn.init.normal_(self.fc.weight, 0.0, self.fc_init_std)
         else:
             nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        self.num_features = num_features
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.expected_var = expected_var
-        self.input_size = input_size
-        self.grad_checkpointing = False
 
     def blocks(self) -> list[nn.Module]:
         """All residual blocks in forward order."""
         return [b for stage in self.stages for b in stage]
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "ResNet":
+    def set_grad_checkpointing(self, enable: bool = True) -> "ResidualNetwork":
         """Recompute each residual block in backward instead of storing its activations.
 
         Peak training memory then holds one tensor per block plus one block's internals, at the cost of
@@ -109,11 +164,18 @@ class ResNet(nn.Module):
                 x = stage(x)
             yield x
 
-    def fuse(self) -> "ResNet":
+    def fuse(self) -> "ResidualNetwork":
         """Deploy form: same as ``normfree.deploy(self)`` (a frozen eval copy; ``self`` is untouched)."""
-        from ..deploy import deploy  # deploy imports this module
-
         return deploy(self)  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def fold_scalars_(self) -> None:
+        """Deploy mode, in place: the final activation's γ moves into the classifier (global average
+        pooling and inference-mode dropout commute with a scalar). Blocks fold their own scalars."""
+        final_act = self.final[-1] if isinstance(self.final, nn.Sequential) and len(self.final) else self.final
+        if isinstance(final_act, GammaAct) and isinstance(self.fc, nn.Linear):
+            self.fc.weight.mul_(final_act.factor)
+            clear_factor(final_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.forward_features(x).mean(dim=(2, 3))

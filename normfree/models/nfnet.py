@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
+import torch
+
+from ..errors import ModelSpecError
 from ..layers import LayerFactory
 from ..layers.conv import Padding
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
-from .net import ResNet, named_seq
+from .net import ResidualNetwork, named_seq
 from .regnet import grouped_width
 from .variants import Variant, lookup, variant_model
 
@@ -42,7 +45,10 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
           activation: str = "gelu", final_conv_mult: float = 2.0, use_two_convs: bool = True,
           fc_init_std: float = 0.01, padding: Padding = "same",
           ws: Literal["official", "timm"] = "official", shortcut: ShortcutKind = "avgpool_conv",
-          stochdepth_scale: bool = False, gamma_in_act: bool = False, in_chans: int = 3) -> ResNet:
+          stochdepth_scale: bool = False, gamma_in_act: bool = False, skipinit_gain: float = 0.0,
+          std_conv: bool = True,
+          in_chans: int = 3, device: torch.device | str | None = None,
+          dtype: torch.dtype | None = None) -> ResidualNetwork:
     """Build an NFNet with the official structure.
 
     Args:
@@ -57,13 +63,18 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
         use_two_convs: the second grouped 3×3 (``conv1b``) of the NFNet block.
         padding / ws / shortcut / stochdepth_scale / gamma_in_act: official by default; timm's
             ``dm_nfnet_*`` are ``ws="timm", gamma_in_act=True, activation="gelu_exact"``.
+        skipinit_gain: initial value of each block's scalar branch gain (0 officially).
+        std_conv: Scaled WS (True) or plain He-initialized convs, to study the mean shift as for
+            the NF-ResNets.
+        device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
     """
     v = lookup(NFNET_VARIANTS, variant, "NFNet")
     v = Variant(tuple(widths or v.widths), tuple(depths or v.depths), v.train_size, v.test_size,
                 v.drop_rate if drop_rate is None else drop_rate)
     if len(v.widths) != 4 or len(v.depths) != 4:
-        raise ValueError(f"NFNets have four stages; got widths {v.widths} and depths {v.depths}")
-    layers = LayerFactory(act=activation, ws=ws, padding=padding, gamma_in_act=gamma_in_act)
+        raise ModelSpecError(f"NFNets have four stages; got widths {v.widths} and depths {v.depths}")
+    layers = LayerFactory(act=activation, std_conv=std_conv, ws=ws, padding=padding, gamma_in_act=gamma_in_act,
+                          device=device, dtype=dtype)
     stage_out = [int(w * width) for w in v.widths]
     stem_ch = v.widths[0] // 2
     stem = named_seq(conv0=layers.conv(in_chans, 16, 3, 2), act0=layers.act_layer(16),
@@ -81,7 +92,8 @@ def nfnet(variant: str = "F0", *, num_classes: int = 1000, width: float = 1.0,
         convs.append(ConvSpec(out, 1, name="conv2"))
         return ResidualBlock(in_ch, convs, layers, beta=beta, alpha=alpha,
                              se_hidden=max(1, int(out * se_ratio)), se_after=-1, shortcut=shortcut,
-                             drop_path_rate=rate, drop_path_scale=stochdepth_scale)
+                             drop_path_rate=rate, drop_path_scale=stochdepth_scale,
+                             skipinit_gain=skipinit_gain)
 
     stages, expected = build_stages(stem_ch, v.depths, block_fn, alpha, stochdepth_rate)
     final_ch = int(final_conv_mult * stage_out[-1])

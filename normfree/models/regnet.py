@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
+import torch
+
+from ..errors import ModelSpecError
 from ..layers import LayerFactory
 from ..layers.conv import Padding
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
-from .net import ResNet, named_seq
+from .net import ResidualNetwork, named_seq
 from .variants import Variant, lookup, variant_model
 
 NF_REGNET_VARIANTS: dict[str, Variant] = {
@@ -41,7 +44,7 @@ def grouped_width(channels: float, group_width: int) -> tuple[int, int]:
     """(width, groups): ``int(channels)`` rounded down to a multiple of the group width, as officially."""
     groups = int(channels) // group_width
     if groups < 1:
-        raise ValueError(f"a grouped conv needs at least {group_width} channels (group width "
+        raise ModelSpecError(f"a grouped conv needs at least {group_width} channels (group width "
                          f"{group_width}), got {int(channels)}; use a larger width or smaller group width")
     return group_width * groups, groups
 
@@ -53,7 +56,9 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
               activation: str = "silu", fc_init_std: float = 0.0, padding: Padding = "same",
               ws: Literal["official", "timm"] = "official", shortcut: ShortcutKind = "avgpool_conv",
               stochdepth_scale: bool = False, channel_divisor: int | None = None,
-              in_chans: int = 3) -> ResNet:
+              std_conv: bool = True,
+              skipinit_gain: float = 0.0, in_chans: int = 3, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> ResidualNetwork:
     """Build an NF-RegNet with the official structure.
 
     Args:
@@ -68,13 +73,17 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
         padding / ws / shortcut / stochdepth_scale: official by default; alternatives for other ports.
         channel_divisor: None truncates channels as officially; 8 rounds them like timm
             (``make_divisible``: B0 stem 40 instead of 36, SE hidden and final conv rounded too).
+        skipinit_gain: initial value of each block's scalar branch gain (0 officially).
+        std_conv: Scaled WS (True) or plain He-initialized convs, to study the mean shift as for
+            the NF-ResNets.
+        device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
     """
     v = lookup(NF_REGNET_VARIANTS, variant, "NF-RegNet")
     v = Variant(tuple(widths or v.widths), tuple(depths or v.depths), v.train_size, v.test_size,
                 v.drop_rate if drop_rate is None else drop_rate)
     if len(v.widths) != len(v.depths):
-        raise ValueError(f"widths {v.widths} and depths {v.depths} must have the same length")
-    layers = LayerFactory(act=activation, ws=ws, padding=padding)
+        raise ModelSpecError(f"widths {v.widths} and depths {v.depths} must have the same length")
+    layers = LayerFactory(act=activation, std_conv=std_conv, ws=ws, padding=padding, device=device, dtype=dtype)
     div = channel_divisor
 
     def rnd(value: float, round_limit: float = 0.9) -> int:
@@ -91,7 +100,8 @@ def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.
                  ConvSpec(stage_out[s], 1)]
         return ResidualBlock(in_ch, convs, layers, beta=beta, alpha=alpha,
                              se_hidden=max(1, rnd(mid * se_ratio, 0.0)), se_after=1,
-                             shortcut=shortcut, drop_path_rate=rate, drop_path_scale=stochdepth_scale)
+                             shortcut=shortcut, drop_path_rate=rate, drop_path_scale=stochdepth_scale,
+                             skipinit_gain=skipinit_gain)
 
     stages, expected = build_stages(stem_ch, v.depths, block_fn, alpha, stochdepth_rate)
     final_ch = (int(1280 * stage_out[-1] // 440) if div is None  # timm scales 1280·w/440 after

@@ -15,15 +15,21 @@ builder with other layer options; their registered names and training helpers ar
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+import torch
+from torch import nn
+
+from ..errors import ModelSpecError
 from ..layers import LayerFactory, MaxPoolSame
 from ..layers.conv import Padding
 from ..layers.factory import NormOrder
 from ..layers.norms import input_batch_norm
-from .baselines import BASELINES, fixup_init
+from .baselines import BASE_DEFAULTS, BASELINES, Baseline, fixup_init
 from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
-from .net import ResNet, named_seq
+from .net import ResidualNetwork, named_seq
+from .variants import CIFAR10_MEAN, CIFAR10_STD, pretrained_cfg
 
 IMAGENET_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
@@ -36,14 +42,14 @@ def _stage_depths(depth: int | Sequence[int], small_input: bool) -> tuple[int, .
     if not isinstance(depth, int):
         depths = tuple(int(d) for d in depth)
         if len(depths) != (3 if small_input else 4) or min(depths) < 1:
-            raise ValueError(f"expected {3 if small_input else 4} positive stage depths, got {depth}")
+            raise ModelSpecError(f"expected {3 if small_input else 4} positive stage depths, got {depth}")
         return depths
     if small_input:
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"small-input ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth}")
+            raise ModelSpecError(f"small-input ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth}")
         return ((depth - 2) // 6,) * 3
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(f"unknown ResNet depth {depth}; choose one of {sorted(IMAGENET_DEPTHS)} "
+        raise ModelSpecError(f"unknown ResNet depth {depth}; choose one of {sorted(IMAGENET_DEPTHS)} "
                          "or pass four stage depths")
     return IMAGENET_DEPTHS[depth]
 
@@ -56,7 +62,8 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
            padding: Padding = "same", shortcut: ShortcutKind = "conv",
            stochdepth_scale: bool = False, fc_init_std: float = 0.01, in_chans: int = 3,
            norm_order: NormOrder = "norm_act", norm_kwargs: dict[str, Any] | None = None,
-           input_norm: bool = False, fixup: bool = False) -> ResNet:
+           input_norm: bool = False, fixup: bool = False, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> ResidualNetwork:
     """Build an NF-ResNet (``norm=None``) or its normalized twin.
 
     Args:
@@ -65,11 +72,13 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         width: channel multiplier; ImageNet default 4 gives [256, 512, 1024, 2048] as officially.
         norm: None (normalizer-free) or a key of :data:`~normfree.layers.NORMS` (``"bn"``, ``"gn"``,
             ``"evonorm_b0"``, ``"evonorm_s0"``).
-        alpha: variance added per block; ignored by normalized nets. None: no α/β at all, a plain
-            residual sum (SkipInit, Fixup).
+        alpha: variance added per block (normalizer-free nets; normalized nets have α = 1 and their
+            registered names reject the option). None: no α/β at all, a plain residual sum (SkipInit,
+            Fixup).
         stochdepth_rate: the last block's drop rate approaches this (official rate·i/N schedule).
         drop_rate: dropout before the classifier (the official code requires one; 0 here).
-        skipinit_gain: initial value of each block's scalar branch gain (0 officially; 1 for analysis).
+        skipinit_gain: initial value of each block's scalar branch gain (0 officially; 1 for analysis);
+            normalized nets have no gain.
         std_conv: Scaled WS (True) or plain He-initialized convs (to study the mean shift).
         ws / padding / shortcut / stochdepth_scale: official behaviour by default; ``ws="timm"``,
             ``padding="symmetric"``, ``shortcut="avgpool_conv"`` and ``stochdepth_scale=True`` match timm.
@@ -81,32 +90,21 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         fixup: Fixup (Zhang et al. 2019): post-activation blocks with scalar biases, the skip gain as
             the per-branch multiplier (pass ``skipinit_gain=1``, ``alpha=None``, ``std_conv=False``),
             and Fixup's initialization (:func:`~normfree.models.baselines.fixup_init`).
+        device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
     """
     depths = _stage_depths(depth, small_input)
     if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+        raise ModelSpecError(f"width must be positive, got {width}")
     if fixup and (alpha is not None or skipinit_gain == 0):
-        raise ValueError("Fixup has no α/β and its branch multiplier starts at 1: "
+        raise ModelSpecError("Fixup has no α/β and its branch multiplier starts at 1: "
                          "pass alpha=None and skipinit_gain=1")
     layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding,
-                          norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup)
-    first = {}
-    if input_norm:
-        first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0))
-    strides: tuple[int, ...]
-    if small_input:
-        widths = [max(1, int(c * width)) for c in (16, 32, 64)]
-        strides, stem_ch = (1, 2, 2), 16
-        stem = named_seq(**first, conv=layers.conv(in_chans, stem_ch, 3))
-    else:
-        widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
-        strides, stem_ch = (1, 2, 2, 2), max(1, int(16 * width))
-        stem = named_seq(**first, conv=layers.conv(in_chans, stem_ch, 7, 2))
-    post = layers.post_layer()
-    if post is not None:
-        stem.add_module("act", post)
-    if not small_input:
-        stem.add_module("pool", MaxPoolSame(3, 2, padding))
+                          norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup,
+                          device=device, dtype=dtype)
+    base_widths, strides = ((16, 32, 64), (1, 2, 2)) if small_input else ((64, 128, 256, 512), (1, 2, 2, 2))
+    widths = [max(1, int(c * width)) for c in base_widths]
+    stem_ch = 16 if small_input else max(1, int(16 * width))
+    stem = _stem(layers, in_chans, stem_ch, small_input, input_norm)
 
     def block_fn(in_ch: int, s: int, b: int, beta: float, rate: float) -> ResidualBlock:
         out, stride = widths[s], (strides[s] if b == 0 else 1)
@@ -121,44 +119,95 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
                              skipinit_gain=skipinit_gain)
 
     stages, expected = build_stages(stem_ch, depths, block_fn, alpha or 0.0, stochdepth_rate)
-    model = ResNet(stem, stages, layers.final_layer(widths[-1]), widths[-1], num_classes, drop_rate,
-                   fc_init_std, expected if layers.normalizer_free and alpha is not None else None,
-                   input_size=32 if small_input else 224)
-    if fixup:
-        fixup_init(model)
-    return model
+    cfg = (pretrained_cfg(num_classes, 32, 32, policy="none", interpolation="bilinear",
+                          mean=CIFAR10_MEAN, std=CIFAR10_STD) if small_input
+           else pretrained_cfg(num_classes, 224, 224))
+    return ResidualNetwork(stem, stages, layers.final_layer(widths[-1]), widths[-1], num_classes,
+                           drop_rate, fc_init_std,
+                           expected if layers.normalizer_free and alpha is not None else None, cfg,
+                           extra_init=fixup_init if fixup else None, **layers.factory_kwargs)
+
+
+def _stem(layers: LayerFactory, in_chans: int, channels: int, small_input: bool,
+          input_norm: bool) -> nn.Sequential:
+    """[input BN] → 3×3 conv (32×32 nets) or 7×7/2 conv [→ Fixup's bias → act] → 3×3/2 max-pool."""
+    first = {}
+    if input_norm:
+        first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0),
+                                               **layers.factory_kwargs)
+    conv = layers.conv(in_chans, channels, 3) if small_input else layers.conv(in_chans, channels, 7, 2)
+    stem = named_seq(**first, conv=conv)
+    post = layers.post_layer()
+    if post is not None:
+        stem.add_module("act", post)
+    if not small_input:
+        stem.add_module("pool", MaxPoolSame(3, 2, layers.padding))
+    return stem
+
+
+NF_ONLY = {"alpha": "a normalized network has no α (its blocks add the branch with weight 1)",
+           "skipinit_gain": "a normalized network has no skip gain"}
+"""Options that the normalized baselines reject (``create_model`` raises ``ModelOptionError``)."""
+
+
+@dataclass(frozen=True)
+class ResNetSize:
+    """One registered ResNet size (``nf_<key>``, ``bn_<key>``, ``<baseline>_<key>``)."""
+
+    label: str
+    depth: int | tuple[int, ...]
+    small_input: bool = False
+    width: float = 4
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """Builder options that define the size (a registered name cannot override them)."""
+        return {"depth": self.depth, **({"small_input": True} if self.small_input else {})}
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Overridable defaults: the width, and 10 classes for the 32×32 nets."""
+        return {"width": self.width, "num_classes": 10} if self.small_input else {}
+
+    @property
+    def kind(self) -> str:
+        return "cifar" if self.small_input else "resnet"
+
+
+RESNET_SIZES: dict[str, ResNetSize] = {
+    **{f"resnet{d}": ResNetSize(f"ResNet-{d}", d) for d in IMAGENET_DEPTHS},
+    "cifar_resnet20": ResNetSize("ResNet-20", 20, True, 1),
+    "cifar_resnet56": ResNetSize("ResNet-56", 56, True, 1),
+    "cifar_resnet110": ResNetSize("ResNet-110", 110, True, 1),
+    "wrn16_4": ResNetSize("WRN-16-4", (2, 2, 2), True, 4),
+    "wrn28_10": ResNetSize("WRN-28-10", (4, 4, 4), True, 10),
+}
+"""Every registered ResNet size; each is registered as an NF net, its BN twin and every baseline."""
+
+BN_TWIN = Baseline("pre-activation BN→ReLU", {"norm": "bn"}, BASE_DEFAULTS)
+"""The official baseline (``bn_*``): the NF net's topology with BN→ReLU and plain He-initialized convs."""
 
 
 def _register() -> None:
     from ..registry import register_model
 
-    bn_defaults = {"std_conv": False, "stochdepth_rate": 0.0, "fc_init_std": 0.0}  # official baseline
-    for d in IMAGENET_DEPTHS:
-        register_model(f"nf_resnet{d}", resnet, fixed={"depth": d}, family="nf_resnet",
-                       description=f"NF-ResNet-{d}, official DeepMind structure")
-        register_model(f"bn_resnet{d}", resnet, fixed={"depth": d, "norm": "bn"},
-                       defaults=bn_defaults, family="bn_resnet",
-                       description=f"pre-activation BN-ResNet-{d}, twin of nf_resnet{d}")
-    small = [("cifar_resnet20", 20, 1), ("cifar_resnet56", 56, 1), ("cifar_resnet110", 110, 1),
-             ("wrn16_4", (2, 2, 2), 4), ("wrn28_10", (4, 4, 4), 10)]
-    for name, depth, width in small:
-        label = name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-")
-        register_model(f"nf_{name}", resnet, fixed={"depth": depth, "small_input": True},
-                       defaults={"width": width, "num_classes": 10}, family="nf_cifar",
-                       description=f"NF {label} for 32x32 inputs")
-        register_model(f"bn_{name}", resnet, fixed={"depth": depth, "small_input": True, "norm": "bn"},
-                       defaults={"width": width, "num_classes": 10, **bn_defaults}, family="bn_cifar",
-                       description=f"BN {label} for 32x32 inputs, twin of nf_{name}")
-    arches: list[tuple[str, dict[str, Any], dict[str, Any], str, str]]
-    arches = [(f"resnet{d}", {"depth": d}, {}, f"ResNet-{d}", "resnet") for d in IMAGENET_DEPTHS]
-    arches += [(name, {"depth": depth, "small_input": True}, {"width": width, "num_classes": 10},
-                name.replace("cifar_resnet", "ResNet-").replace("wrn", "WRN-").replace("_", "-"), "cifar")
-               for name, depth, width in small]
+    def add(prefix: str, key: str, size: ResNetSize, base: Baseline | None, description: str) -> None:
+        fixed, defaults = size.fixed, size.defaults
+        if base is not None:
+            fixed, defaults = {**fixed, **base.fixed}, {**defaults, **base.defaults}
+        register_model(f"{prefix}_{key}", resnet, fixed=fixed, defaults=defaults, family=f"{prefix}_{size.kind}",
+                       unsupported=NF_ONLY if "norm" in fixed else {}, description=description)
+
+    for key, size in RESNET_SIZES.items():  # the NF nets and their BN twins side by side
+        if size.small_input:
+            add("nf", key, size, None, f"NF {size.label} for 32x32 inputs")
+            add("bn", key, size, BN_TWIN, f"BN {size.label} for 32x32 inputs, twin of nf_{key}")
+        else:
+            add("nf", key, size, None, f"NF-{size.label}, official DeepMind structure")
+            add("bn", key, size, BN_TWIN, f"pre-activation BN-{size.label}, twin of nf_{key}")
     for prefix, base in BASELINES.items():
-        for arch, fixed, defaults, label, family in arches:
-            register_model(f"{prefix}_{arch}", resnet, fixed={**fixed, **base.fixed},
-                           defaults={**defaults, **base.defaults}, family=f"{prefix}_{family}",
-                           description=f"{base.label} {label}, twin of nf_{arch}")
+        for key, size in RESNET_SIZES.items():
+            add(prefix, key, size, base, f"{base.label} {size.label}, twin of nf_{key}")
 
 
 _register()

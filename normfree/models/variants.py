@@ -1,8 +1,9 @@
-"""Per-variant configuration shared by NF-RegNet and NFNet: tables as data, evaluation settings.
+"""Per-variant configuration shared by the families: variant rows as data, and ``pretrained_cfg``.
 
-Each family file holds one table of :class:`Variant` rows copied from the official ``nfnets/base.py``;
-the builders read the table and attach the variant's resolutions, dropout and evaluation
-preprocessing to the model so that training and evaluation code need not look them up again.
+NF-RegNet and NFNet each hold one table of :class:`Variant` rows copied from the official
+``nfnets/base.py``; the builders read the table and attach the variant's resolutions, dropout and
+evaluation preprocessing to the model (``model.pretrained_cfg``), so that training and evaluation
+code need not look them up again.
 """
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from typing import Any, Literal
 from torch import nn
 
 from ..layers import LayerFactory
-from .net import ResNet, named_seq
+from ..errors import ModelSpecError
+from .net import ResidualNetwork, named_seq
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 EvalPolicy = Literal["crop_resize", "resize_crop_32"]
 
@@ -31,45 +35,52 @@ class Variant:
     drop_rate: float
 
 
-def eval_settings(policy: EvalPolicy, size: int, crop_pct: float | None = None,
-                  interpolation: str = "bicubic") -> dict[str, Any]:
-    """Evaluation preprocessing as a plain dict (travels with the model as ``model.eval_settings``).
+def pretrained_cfg(num_classes: int, train_size: int, test_size: int, *,
+                   policy: EvalPolicy | Literal["center_crop", "none"] = "center_crop",
+                   crop_pct: float | None = None, interpolation: str = "bicubic",
+                   mean: tuple[float, ...] = IMAGENET_MEAN,
+                   std: tuple[float, ...] = IMAGENET_STD) -> dict[str, Any]:
+    """The model's data defaults as a plain dict (timm's ``pretrained_cfg`` keys, plus ``crop_mode``
+    and ``eval_policy``); it travels with the model as ``model.pretrained_cfg``.
 
     Official policies (DeepMind ``dataset.py``), both with 32 px of margin so ``crop_pct = S/(S+32)``:
     ``crop_resize`` (NF-RegNet) centre-crops the short side then resizes to S keeping the aspect;
     ``resize_crop_32`` (NFNet) squashes the whole image to (S+32)² then centre-crops S.
-    Images are scaled to [0, 1] and normalized with the ImageNet mean/std.
+    ``center_crop`` (the ResNets) resizes the short side to S/0.875 and centre-crops S; ``none``
+    (32×32 nets) uses the images as they are. Images are scaled to [0, 1] and normalized with
+    ``mean``/``std``.
     """
-    if policy not in ("crop_resize", "resize_crop_32"):
-        raise ValueError(f"unknown eval policy {policy!r}; choose 'crop_resize' or 'resize_crop_32'")
+    margins = {"crop_resize": None, "resize_crop_32": None, "center_crop": 0.875, "none": 1.0}
+    if policy not in margins:
+        raise ModelSpecError(f"unknown eval policy {policy!r}; choose one of {', '.join(margins)}")
+    default_crop = margins[policy] or round(test_size / (test_size + 32), 4)
     return {
-        "policy": policy,
-        "crop_mode": "center" if policy == "crop_resize" else "squash",
-        "input_size": int(size),
-        "crop_pct": round(size / (size + 32), 4) if crop_pct is None else float(crop_pct),
+        "input_size": (3, int(train_size), int(train_size)),
+        "test_input_size": (3, int(test_size), int(test_size)),
+        "crop_pct": default_crop if crop_pct is None else float(crop_pct),
+        "crop_mode": "squash" if policy == "resize_crop_32" else "center",
+        "eval_policy": policy,
         "interpolation": interpolation,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "num_classes": num_classes,
     }
 
 
 def variant_model(stem: nn.Module, stages: nn.Sequential, expected: list[float], layers: LayerFactory,
                   in_ch: int, final_ch: int, variant: Variant, num_classes: int, fc_init_std: float,
-                  policy: EvalPolicy) -> ResNet:
+                  policy: EvalPolicy) -> ResidualNetwork:
     """The NF-RegNet/NFNet head (1×1 final conv → activation → pool → dropout → classifier) on the
-    given stem and stages, with ``train_size``, ``test_size`` and ``eval_settings`` exposed."""
+    given stem and stages, with the variant's resolutions and eval policy in ``pretrained_cfg``."""
     final = named_seq(conv=layers.conv(in_ch, final_ch, 1), act=layers.act_layer(final_ch))
-    model = ResNet(stem, stages, final, final_ch, num_classes, variant.drop_rate, fc_init_std, expected,
-                   input_size=variant.test_size)
-    model.train_size = variant.train_size
-    model.test_size = variant.test_size
-    model.eval_settings = eval_settings(policy, variant.test_size)
-    return model
+    cfg = pretrained_cfg(num_classes, variant.train_size, variant.test_size, policy=policy)
+    return ResidualNetwork(stem, stages, final, final_ch, num_classes, variant.drop_rate, fc_init_std,
+                           expected, cfg, **layers.factory_kwargs)
 
 
 def lookup(table: dict[str, Variant], variant: str, family: str) -> Variant:
     """``table[variant]`` with an error that lists the valid names."""
     key = variant.upper()
     if key not in table:
-        raise ValueError(f"unknown {family} variant {variant!r}; choose one of {', '.join(table)}")
+        raise ModelSpecError(f"unknown {family} variant {variant!r}; choose one of {', '.join(table)}")
     return table[key]

@@ -21,8 +21,9 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..analysis.measure import measure, write
 from ..errors import NormfreeError
-from ..registry import get_entry
+from ..registry import get_entry, parse_model_spec
 from .config import TrainConfig
 
 COLUMNS = ("model", "batch_size", "lr", "param_groups", "steps", "first_loss", "final_train_loss",
@@ -80,21 +81,7 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     ``train_kwargs`` are further :class:`TrainConfig` fields. A run that fails (a diverged loss) gets
     a row with its error and NaN numbers; the others still run.
     """
-    from ..commands.spp import measure, parse_spec, write
-
-    if not models:
-        raise NormfreeError("give at least one model to compare")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise NormfreeError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
-    parsed = [parse_spec(s) for s in models]
-    for name, _ in parsed:
-        try:
-            get_entry(name)
-        except ValueError as err:
-            raise NormfreeError(str(err)) from None
-    labels = [run_label(s) for s in models]
-    if len(set(labels)) != len(labels):
-        raise NormfreeError(f"the models {list(models)} are not distinct")
+    parsed, labels = _check_models(models, batch_sizes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -104,7 +91,6 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     write(results, out, title=f"signal propagation at init, N(0,1) inputs, batch {spp_batch}")
 
     rows = []
-    ctx = get_context("spawn")
     runs = [(b, spec, name, kwargs, label) for b in batch_sizes
             for spec, (name, kwargs), label in zip(models, parsed, labels)]
     for b, spec, name, kwargs, label in tqdm(runs, desc="compare", unit="run"):
@@ -113,27 +99,54 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
             "out_dir": str(out / "runs" / f"{label}_bs{b}"), "epochs": epochs, "batch_size": b,
             "lr": lr * b / lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
             "device": device, "param_groups": "auto"})
-        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            try:
-                result = pool.submit(_train_one, cfg).result()
-            except NormfreeError as err:  # e.g. a diverged loss: a result of the comparison, not a crash
-                result = {**dict.fromkeys(COLUMNS, float("nan")), "param_groups": "", "error": str(err)}
-                tqdm.write(f"{spec} batch {b}: failed: {err}")
-        rows.append({**{k: result.get(k) for k in COLUMNS}, "model": spec, "batch_size": b, "lr": cfg.lr,
-                     "mem_kind": result.get("mem_kind", ""), "lr_scales": result.get("lr_scales"),
-                     "error": result.get("error", ""), "run_dir": cfg.out_dir})
-        if not rows[-1]["error"]:
-            tqdm.write(f"{spec} batch {b}: loss {result['first_loss']:.3f} -> "
-                       f"{result['final_train_loss']:.3f}, top-1 {result['test_top1']:.2f}%, "
-                       f"{result['img_per_s']:.1f} img/s")
+        rows.append(_run_row(spec, cfg))
     settings = {"data": data, "epochs": epochs, "batch_sizes": list(batch_sizes), "lr": lr,
                 "lr_batch": lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
-                "device": device, "train_kwargs": train_kwargs, "spp_models": spp_specs,
-                "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "torch": torch.__version__,
-                "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+                "device": device, "train_kwargs": train_kwargs, "spp_models": spp_specs, **_machine()}
     write_table(rows, settings, out)
     return rows
+
+
+def _check_models(models: Sequence[str], batch_sizes: Sequence[int]
+                  ) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """Parsed specs and run labels; every name and batch size is checked before any run starts."""
+    if not models:
+        raise NormfreeError("give at least one model to compare")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise NormfreeError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    parsed = [parse_model_spec(s) for s in models]
+    for name, _ in parsed:
+        get_entry(name)
+    labels = [run_label(s) for s in models]
+    if len(set(labels)) != len(labels):
+        raise NormfreeError(f"the models {list(models)} are not distinct")
+    return parsed, labels
+
+
+def _run_row(spec: str, cfg: TrainConfig) -> dict[str, Any]:
+    """One training run in a fresh spawned process, as a table row; a run that fails with a
+    ``NormfreeError`` (a diverged loss) is a row with its error and NaN numbers."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        try:
+            result = pool.submit(_train_one, cfg).result()
+        except NormfreeError as err:  # a result of the comparison, not a crash
+            result = {**dict.fromkeys(COLUMNS, float("nan")), "param_groups": "", "error": str(err)}
+            tqdm.write(f"{spec} batch {cfg.batch_size}: failed: {err}")
+    row = {**{k: result.get(k) for k in COLUMNS}, "model": spec, "batch_size": cfg.batch_size, "lr": cfg.lr,
+           "mem_kind": result.get("mem_kind", ""), "lr_scales": result.get("lr_scales"),
+           "error": result.get("error", ""), "run_dir": cfg.out_dir}
+    if not row["error"]:
+        tqdm.write(f"{spec} batch {cfg.batch_size}: loss {result['first_loss']:.3f} -> "
+                   f"{result['final_train_loss']:.3f}, top-1 {result['test_top1']:.2f}%, "
+                   f"{result['img_per_s']:.1f} img/s")
+    return row
+
+
+def _machine() -> dict[str, Any]:
+    """When and where the comparison ran (the table's provenance)."""
+    return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def write_table(rows: Sequence[dict[str, Any]], settings: dict[str, Any], out: Path) -> list[Path]:

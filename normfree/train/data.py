@@ -57,6 +57,7 @@ class FolderData:
 
     small = False
     hflip = True
+    crop_pct = 0.875  # test images: short side resized to size / crop_pct, then the centre crop
 
     def __init__(self, root: Path, size: int, classes: list[str] | None = None) -> None:
         if importlib.util.find_spec("PIL") is None:  # fail before training starts, not at the first batch
@@ -94,8 +95,8 @@ class FolderData:
                     im = im.resize((self.size, self.size), Image.BICUBIC, box=box)
                     if torch.rand((), generator=gen) < 0.5:
                         im = im.transpose(Image.FLIP_LEFT_RIGHT)
-                else:  # resize the short side to size/0.875, centre crop
-                    s = round(self.size / 0.875) / min(w, h)
+                else:  # resize the short side to size/crop_pct, centre crop
+                    s = round(self.size / self.crop_pct) / min(w, h)
                     im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BICUBIC)
                     left, top = (im.size[0] - self.size) // 2, (im.size[1] - self.size) // 2
                     im = im.crop((left, top, left + self.size, top + self.size))

@@ -27,8 +27,6 @@ from .distributed import Dist, init_distributed, resolve_device
 from .metrics import MetricLogger, plot_run
 from .optim import ModelEMA, build_param_groups, lr_at
 
-CHECKPOINT_FORMAT = 1
-
 
 def ensure_writable(run_dir: Path) -> None:
     try:
@@ -43,10 +41,15 @@ def ensure_writable(run_dir: Path) -> None:
 
 def build_model(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
     extra = {"in_chans": in_chans} if in_chans != 3 else {}
-    try:
-        return create_model(name, num_classes=num_classes, **extra, **kwargs)
-    except (ValueError, TypeError) as err:
-        raise NormfreeError(str(err)) from None
+    return create_model(name, num_classes=num_classes, **extra, **kwargs)
+
+
+def image_defaults(model: nn.Module) -> tuple[int, int, float]:
+    """(train size, test size, test crop fraction) for ImageFolder data, from the model's
+    ``pretrained_cfg`` (224, 224, 0.875 for a model without one)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    train = int(cfg.get("input_size", (3, 224, 224))[-1])
+    return train, int(cfg.get("test_input_size", (3, train, train))[-1]), float(cfg.get("crop_pct", 0.875))
 
 
 def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -104,6 +107,21 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None) -> None:
         self.cfg = cfg
+        self._init_device_and_run_dir()
+        ckpt = load_checkpoint(resume) if resume else None
+        meta = ckpt[1] if ckpt else {}
+        num_classes, in_chans = self._init_data()
+        self._init_model(num_classes, in_chans, meta, resume)
+        self._init_batching()
+        self._init_optimizer()
+        self.step, self.best_top1 = 0, -1.0
+        self.elapsed_before, self.fit_start = 0.0, time.perf_counter()  # training wall time over all resumes
+        if ckpt:
+            self._restore(*ckpt, resume)
+        self._init_wrappers()
+
+    def _init_device_and_run_dir(self) -> None:
+        cfg = self.cfg
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -112,9 +130,10 @@ class Trainer:
         if self.dist.main:
             ensure_writable(self.run_dir)
         self.dist.barrier()
-        ckpt = load_checkpoint(resume) if resume else None
-        meta = ckpt[1] if ckpt else {}
 
+    def _init_data(self) -> tuple[int, int]:
+        """Load both splits; returns (num_classes, input channels)."""
+        cfg = self.cfg
         size = cfg.image_size or 224
         self.train_data = load_data(cfg.data, "train", cfg.train_subset, size)
         self.test_data = load_data(cfg.data, "test", cfg.test_subset, size,
@@ -125,19 +144,27 @@ class Trainer:
             raise NormfreeError(f"the data has labels up to {data_classes - 1} ({data_classes} classes) but "
                             f"num_classes is {num_classes}; fix --num-classes or the data")
         in_chans = self.train_data.x.shape[-1] if isinstance(self.train_data, ArrayData) else 3
+        return num_classes, in_chans
+
+    def _init_model(self, num_classes: int, in_chans: int, meta: dict[str, Any], resume: Any) -> None:
+        """Build the model (seeded), size ImageFolder data from its ``pretrained_cfg``, and fix the
+        input normalization (the checkpoint's, else the training data's statistics)."""
+        cfg = self.cfg
         if meta and meta.get("model") != cfg.model:
             raise NormfreeError(f"checkpoint {resume} was trained with model {meta.get('model')!r}, not "
                             f"{cfg.model!r}; resume with the same --model or start a new run")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
         self.model = build_model(cfg.model, num_classes, in_chans, cfg.model_kwargs).to(self.device)
-        for d in (self.train_data, self.test_data):
-            if isinstance(d, FolderData):
-                d.size = cfg.image_size or int(getattr(self.model, "input_size", 224))
+        train_size, test_size, crop_pct = image_defaults(self.model)
+        if isinstance(self.train_data, FolderData):
+            self.train_data.size = cfg.image_size or train_size
+        if isinstance(self.test_data, FolderData):
+            self.test_data.size, self.test_data.crop_pct = cfg.image_size or test_size, crop_pct
         mean, std = (meta["mean"], meta["std"]) if meta else self.train_data.stats()
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.meta_static: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
+            "model": cfg.model, "model_kwargs": cfg.model_kwargs,
             "num_classes": num_classes, "in_chans": in_chans, "mean": mean, "std": std,
             "classes": getattr(self.train_data, "classes", None)}
 
@@ -149,6 +176,10 @@ class Trainer:
         self.channels_last = cfg.channels_last and self.gpu
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def _init_batching(self) -> None:
+        """Micro-batch size per rank and the step counts of the schedule."""
+        cfg = self.cfg
         world_micro = self.dist.world * cfg.accum_steps
         if cfg.batch_size % world_micro:
             raise NormfreeError(f"batch_size {cfg.batch_size} must be divisible by world size × accum_steps "
@@ -161,6 +192,9 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
 
+    def _init_optimizer(self) -> None:
+        """SGD over the parameter groups, the AGC clipping specs (classifier excluded) and the EMA."""
+        cfg = self.cfg
         role_lr_scale = {"skip_gain": cfg.skip_gain_lr_scale, "gain": cfg.gain_lr_scale, "bias": cfg.bias_lr_scale}
         groups = build_param_groups(self.model, cfg.param_groups, cfg.lr, cfg.weight_decay, role_lr_scale)
         self.opt = torch.optim.SGD(groups, lr=cfg.lr,
@@ -170,10 +204,10 @@ class Trainer:
             warnings.warn(f"{cfg.model} has no .fc classifier: AGC will clip every parameter", stacklevel=2)
         self.agc_specs = agc_params(self.model, exclude=(head,) if head is not None else ())
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.step, self.best_top1 = 0, -1.0
-        self.elapsed_before, self.fit_start = 0.0, time.perf_counter()  # training wall time over all resumes
-        if ckpt:
-            self._restore(*ckpt, resume)
+
+    def _init_wrappers(self) -> None:
+        """DDP and torch.compile around the model, the metric logger and the SPP recorder."""
+        cfg = self.cfg
         net: nn.Module = self.model
         if self.dist.enabled:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.gpu else None)
