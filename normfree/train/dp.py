@@ -14,6 +14,7 @@ cryptographically secure (Opacus's ``secure_mode`` is the tool for production re
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,6 +88,8 @@ class DPSGD:
         self.sample_rate = cfg.batch_size / self.n
         self.noise_multiplier = cfg.noise_multiplier or self._calibrate(cfg, trainer.total_steps)
         self.accountant = make_accountant(cfg.accountant)
+        self._eps_key: tuple | None = None
+        self._eps = 0.0
         if cfg.dp_engine == "opacus":
             import normfree.privacy  # noqa: F401  (registers normfree's grad samplers)
 
@@ -123,8 +126,13 @@ class DPSGD:
         self.accountant.history = [tuple(h) for h in state["history"]]
 
     def epsilon(self) -> float:
-        """ε spent so far at the configured δ (0 before the first step)."""
-        return float(self.accountant.get_epsilon(self.t.cfg.delta)) if self.accountant.history else 0.0
+        """ε spent so far at the configured δ (0 before the first step); cached per history, as the
+        PRV accountant takes a while and the log, the best and the last checkpoint all ask for it."""
+        key = tuple(map(tuple, self.accountant.history))
+        if key != self._eps_key:
+            self._eps_key = key
+            self._eps = float(self.accountant.get_epsilon(self.t.cfg.delta)) if key else 0.0
+        return self._eps
 
     def report(self) -> dict[str, float]:
         return {"epsilon": self.epsilon(), "delta": self.t.cfg.delta, "noise_multiplier": self.noise_multiplier}
@@ -194,13 +202,15 @@ def _opacus_grads(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tu
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
     try:
         loss = F.cross_entropy(gsm(x).float(), target, reduction="sum")
-        loss.backward()
+        with warnings.catch_warnings():  # the stem's input needs no gradient; Opacus's hook says so
+            warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+            loss.backward()
         grads = [p.grad_sample for p in model.parameters() if p.requires_grad]
     finally:
         gsm._close()
     for p in model.parameters():
         p.grad = None
-    return grads, float(loss)
+    return grads, float(loss.detach())
 
 
 def clip_per_example(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
