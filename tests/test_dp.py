@@ -182,3 +182,22 @@ def test_cli_dp_end_to_end_on_demo_digits(tmp_path, capsys):
     meta = load_checkpoint(out / "last.safetensors")[1]
     assert meta["privacy"]["accountant"] == "rdp" and meta["privacy"]["augmult"] == 2
     assert meta["privacy"]["epsilon"] == pytest.approx(epochs[1]["epsilon"])
+
+
+def test_dp_benchmark_summarizer_row(tmp_path):
+    """benchmarks/dp_cifar10/summarize.py turns a finished run folder into one results.csv row."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dp_cifar10" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("dp_summarize", path)
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    cfg = dp_cfg(tmp_path, epochs=1, recipe="dp_cifar10_cpu")
+    end = Trainer(cfg).fit()
+    row = summarize.row(Path(cfg.out_dir))
+    assert list(row) == summarize.COLUMNS
+    assert row["net"] == "NF" and row["model"] == "nf_cifar_resnet20" and row["recipe"] == "dp_cifar10_cpu"
+    assert float(row["epsilon"]) == pytest.approx(end["epsilon"], abs=1e-3)
+    assert float(row["top1"]) == pytest.approx(end["ema_test_top1"], abs=0.01)
+    assert (row["batch"], row["augmult"], row["steps"], row["seed"]) == (32, 1, 4, 0)
+    assert summarize.net_kind("gnws_wrn16_4") == "GN+WS"
