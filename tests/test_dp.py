@@ -19,12 +19,7 @@ from normfree.train.dp import clip_per_example  # noqa: E402
 from normfree.train.trainer import Trainer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dp_cfg(tmp_path: Path, **kw) -> TrainConfig:

@@ -14,12 +14,7 @@ from opacus import GradSampleModule, PrivacyEngine  # noqa: E402
 from opacus.validators import ModuleValidator  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Tiny widths; stochastic depth and dropout off so a batch and single examples see the same function.
