@@ -1,5 +1,6 @@
 """DP-SGD mechanics of ``normfree train --dp`` (normfree/train/dp.py): clipping, noise, Poisson sampling,
-augmentation multiplicity, the accountant across resume, and the CLI end to end on the demo digits."""
+augmentation multiplicity, the accountant across resume (on synthetic images), and the CLI end to end on
+the demo digits."""
 import json
 import math
 from pathlib import Path
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 pytest.importorskip("opacus")
-pytest.importorskip("sklearn")  # --data demo
 from opacus.accountants import PRVAccountant, RDPAccountant  # noqa: E402
 
 from normfree.cli import main  # noqa: E402
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dp_cfg(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(model="nf_cifar_resnet20", data="demo", out_dir=str(tmp_path / "run"),
+    base = dict(model="nf_cifar_resnet20", data="synthetic", out_dir=str(tmp_path / "run"),
                 model_kwargs={"width": 0.25}, train_subset=128, test_subset=64, epochs=2, batch_size=32,
                 lr=0.5, dp=True, noise_multiplier=1.1, max_grad_norm=0.5, dp_physical_batch=64,
                 ema_decay=0.9, log_every=1, eval_batch_size=64)
@@ -164,6 +164,7 @@ def test_refusals(tmp_path, kw, match):
 
 
 def test_cli_dp_end_to_end_on_demo_digits(tmp_path, capsys):
+    pytest.importorskip("sklearn")  # the embedded digits
     out = tmp_path / "cli"
     main(["train", "--data", "demo", "--model", "nf_cifar_resnet20", "--model-kwargs", '{"width": 0.25}',
           "--train-subset", "192", "--test-subset", "64", "--epochs", "2", "--batch-size", "64", "--lr", "1",
