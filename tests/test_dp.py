@@ -168,7 +168,7 @@ def test_cli_dp_end_to_end_on_demo_digits(tmp_path, capsys):
     out = tmp_path / "cli"
     main(["train", "--data", "demo", "--model", "nf_cifar_resnet20", "--model-kwargs", '{"width": 0.25}',
           "--train-subset", "192", "--test-subset", "64", "--epochs", "2", "--batch-size", "64", "--lr", "1",
-          "--dp", "true", "--epsilon", "8", "--delta", "1e-5", "--max-grad-norm", "1", "--augmult", "2",
+          "--dp", "--epsilon", "8", "--delta", "1e-5", "--max-grad-norm", "1", "--augmult", "2",
           "--dp-physical-batch", "32", "--ema-decay", "0.9", "--accountant", "rdp", "--out-dir", str(out)])
     assert "summary:" in capsys.readouterr().out
     epochs = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]

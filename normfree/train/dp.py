@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from .data import pad_crop_flip, step_generator
 from .per_example import _BATCH_STATS, per_example_grads
+from .trainer import to_input
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -66,18 +67,12 @@ def check_model(model: nn.Module, name: str) -> None:
                           "nf_regnet_*) or a batch-independent twin (gnws_*)")
 
 
-def make_accountant(name: str) -> Any:
-    from opacus.accountants import create_accountant
-
-    return create_accountant(name)
-
-
 class DPSGD:
     """The private gradient of each step, and the privacy spent so far, for one trainer."""
 
     def __init__(self, trainer: Trainer) -> None:
         try:
-            import opacus  # noqa: F401  (the accountant; also the hooks engine)
+            from opacus.accountants import create_accountant
         except ImportError:
             raise ConfigError("--dp needs Opacus: pip install 'normfree[dp]'") from None
         cfg = trainer.cfg
@@ -87,7 +82,7 @@ class DPSGD:
         self.n = len(trainer.train_data)
         self.sample_rate = cfg.batch_size / self.n
         self.noise_multiplier = cfg.noise_multiplier or self._calibrate(cfg, trainer.total_steps)
-        self.accountant = make_accountant(cfg.accountant)
+        self.accountant = create_accountant(cfg.accountant)
         self._eps_key: tuple | None = None
         self._eps = 0.0
         if cfg.dp_engine == "opacus":
@@ -168,8 +163,6 @@ class DPSGD:
     def example_grads(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[list[torch.Tensor], float]:
         """Per-example gradients (mean over ``augmult`` augmented copies) of the trainable parameters,
         each (len(idx), *shape), and the summed loss of the copies divided by ``augmult``."""
-        from .trainer import to_input
-
         t, cfg, k = self.t, self.t.cfg, self.t.meta_static["num_classes"]
         x, y = t.train_data.batch(idx, True, gen)
         x, y = x.repeat_interleave(cfg.augmult, 0), y.repeat_interleave(cfg.augmult, 0)
