@@ -19,7 +19,7 @@ every convolution's forward. This module registers, through Opacus's public regi
 Squeeze-excite and the classifier are ``nn.Linear`` layers, which Opacus handles itself. Validators
 explain why BatchNorm and EvoNorm-B0 models cannot be trained privately (their batch statistics mix the
 examples of a batch) and name the alternatives; ``ModuleValidator.fix`` swaps normfree's BatchNorm for
-GroupNorm as it does for ``nn.BatchNorm2d``.
+GroupNorm as it does for ``nn.BatchNorm2d``. Fixup's post-activation blocks are reported as unsupported.
 """
 from __future__ import annotations
 

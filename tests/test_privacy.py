@@ -115,6 +115,8 @@ def test_validators_explain_batch_statistics():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fixed.modules())
     evo = normfree.create_model("evob0_cifar_resnet20", width=0.25)
     assert "batch variance" in str(ModuleValidator.validate(evo)[0])
+    fixup = ModuleValidator.validate(normfree.create_model("fixup_cifar_resnet20", width=0.25))
+    assert fixup and "Fixup" in str(fixup[0])  # its post-activation blocks have no skip-gain sampler
     for name in ("evos0_cifar_resnet20", "nf_wrn16_4"):
         assert ModuleValidator.validate(normfree.create_model(name, width=0.25)) == []
     with pytest.raises(Exception, match="BatchNorm"):
