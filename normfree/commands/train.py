@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         doc = docs.get(f.name, "")
+        bare = {"nargs": "?", "const": True} if str(f.type) == "bool" else {}  # `--dp` alone means true
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,
-                       metavar=f.name.split("_")[-1].upper(),
+                       metavar=f.name.split("_")[-1].upper(), **bare,
                        help=f"{doc} (default: {default})" if doc else f"(default: {default})")
     p.set_defaults(func=_run)

@@ -62,6 +62,7 @@ class ResidualBlock(nn.Module):
     """
 
     fast_path: bool = True
+    branch_output: torch.Tensor | None = None  # last hooked training branch output, for per-example grads
 
     def __init__(self, in_ch: int, convs: Sequence[ConvSpec], layers: LayerFactory, *,
                  beta: float = 1.0, alpha: float = 0.2, se_hidden: int = 0, se_after: int = -1,
@@ -131,6 +132,8 @@ class ResidualBlock(nn.Module):
         shortcut = x if self.shortcut is None else self.shortcut(out)
         out = self.drop_path(self.branch(out))
         if self.skip_gain is not None:
+            if self._forward_hooks and self.skip_gain.requires_grad and torch.is_grad_enabled():
+                self.branch_output = out.detach()  # a per-example gradient hook (normfree.privacy) reads it
             out = out * self.skip_gain
         if self.alpha != 1.0:
             out = out * self.alpha

@@ -58,6 +58,16 @@ class TrainConfig:
     eval_batch_size: int = 256
     tta_flip: bool = False          # also score the mean logits of each test image and its mirror (test_top1_flip)
     recipe: str = ""                # the named recipe these values started from (recorded, see normfree recipes)
+    # ---- differential privacy: DP-SGD, checked by normfree.train.dp (docs/privacy.md) ----
+    dp: bool = False                # DP-SGD: Poisson sampling, per-example clipping, Gaussian noise (needs normfree[dp])
+    epsilon: float = 0.0            # target ε at the end of training; the noise multiplier is calibrated to it
+    delta: float = 1e-5             # δ of the (ε, δ) guarantee; keep it below 1 / (training examples)
+    max_grad_norm: float = 1.0      # C: every example's gradient is clipped to this L2 norm
+    noise_multiplier: float = 0.0   # σ (noise std σ·C per coordinate of the summed gradient); 0 = from --epsilon
+    accountant: str = "rdp"         # rdp | prv: the Opacus accountant that converts (q, σ, steps) into ε
+    augmult: int = 1                # augmentations per example, their gradients averaged before clipping
+    dp_physical_batch: int = 64     # examples per forward/backward; batch_size is the expected logical batch
+    dp_engine: str = "functorch"    # functorch (torch.func vmap) | opacus (Opacus hooks + normfree.privacy)
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from ..layers.norms import EvoNormB0
 
@@ -22,8 +22,10 @@ _BATCH_STATS = (nn.modules.batchnorm._BatchNorm, EvoNormB0)
 
 def per_example_grads(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                       loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-                      chunk_size: int | None = None) -> dict[str, torch.Tensor]:
-    """``{name: (B, *param.shape)}``: the gradient of ``loss_fn(model(x_i), y_i)`` for every example.
+                      chunk_size: int | None = None, return_loss: bool = False
+                      ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``{name: (B, *param.shape)}``: the gradient of ``loss_fn(model(x_i), y_i)`` for every example
+    (with ``return_loss``, also the (B,) losses, from the same forward pass).
 
     Trainable parameters only. Random layers (stochastic depth, dropout) draw independently per example.
     ``chunk_size`` bounds memory by vectorizing over that many examples at a time. Raises ``ValueError``
@@ -44,5 +46,5 @@ def per_example_grads(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
         out = functional_call(model, (p, frozen, buffers), (x.unsqueeze(0),))
         return loss_fn(out, y.unsqueeze(0))
 
-    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different",
-                chunk_size=chunk_size)(params, inputs, targets)
+    fn = grad_and_value(loss_one) if return_loss else grad(loss_one)
+    return vmap(fn, in_dims=(None, 0, 0), randomness="different", chunk_size=chunk_size)(params, inputs, targets)

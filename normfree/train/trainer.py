@@ -116,6 +116,11 @@ class Trainer:
         self._init_optimizer()
         self.step, self.best_top1 = 0, -1.0
         self.elapsed_before, self.fit_start = 0.0, time.perf_counter()  # training wall time over all resumes
+        self.dp = None
+        if cfg.dp:  # after the optimizer (DPSGD wraps its step), before the restore (it restores the accountant)
+            from .dp import DPSGD
+
+            self.dp = DPSGD(self)
         if ckpt:
             self._restore(*ckpt, resume)
         self._init_wrappers()
@@ -233,6 +238,8 @@ class Trainer:
             meta = {**self.meta_static, "config": self.cfg.to_dict(), "step": self.step,
                     "epoch": self.step / self.steps_per_epoch, "best_top1": self.best_top1,
                     "elapsed_s": self.elapsed_before + time.perf_counter() - self.fit_start, **(extra or {})}
+            if self.dp:
+                meta["privacy"] = self.dp.state()
             save_checkpoint(path, self._state(), meta)
         return path
 
@@ -254,12 +261,14 @@ class Trainer:
             self.ema.state = {k: ema[k].to(self.device) for k in self.ema.state} if ema else self.ema.state
         self.step, self.best_top1 = int(meta["step"]), float(meta.get("best_top1", -1.0))
         self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+        if self.dp:
+            self.dp.load(meta.get("privacy"), path)
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def _train_step(self, idx: torch.Tensor) -> tuple[float, float]:
         cfg, k = self.cfg, self.meta_static["num_classes"]
         total = torch.zeros((), device=self.device)
-        for m in range(cfg.accum_steps):
+        for m in range(cfg.accum_steps if self.dp is None else 0):  # DP: DPSGD computes the gradient below
             j = self.dist.rank * cfg.accum_steps + m  # global micro-batch index: same streams at any world size
             gen = step_generator(cfg.seed, self.step, j)
             x, y = self.train_data.batch(idx[j * self.micro:(j + 1) * self.micro], True, gen)
@@ -283,7 +292,7 @@ class Trainer:
         if self.dist.enabled:
             torch.distributed.all_reduce(total)
             total /= self.dist.world
-        value = float(total)
+        value = float(total) if self.dp is None else self.dp.backward(self.step)
         if not math.isfinite(value):
             raise NormfreeError(
                 f"the training loss became {value} at step {self.step} (epoch {self.step // self.steps_per_epoch}"
@@ -364,6 +373,8 @@ class Trainer:
                 last = {"kind": "epoch", "epoch": epoch + 1, "step": self.step,
                         "train_loss": sum(losses) / max(1, len(losses)), "epoch_time_s": elapsed,
                         "img_per_s": len(losses) * cfg.batch_size / max(elapsed, 1e-9)}
+                if self.dp:
+                    last.update(self.dp.report())  # privacy spent so far, every epoch
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     last.update(self.evaluate())
                     score = last.get("ema_test_top1", last["test_top1"])
