@@ -6,8 +6,10 @@ option, the value and what is allowed, e.g. ``--eval-every = 0: must be an integ
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, NormfreeError
@@ -46,9 +48,10 @@ POSITIVE = Domain(low=0, low_open=True)
 FRACTION = Domain(low=0, high=1, high_open=True)  # [0, 1)
 
 
-def check_number(option: str, value: Any, domain: Domain, error: type[NormfreeError] = ConfigError) -> Any:
+def check_number(option: str, value: Any, domain: Domain, error: type[NormfreeError] = ConfigError,
+                 why: str = "") -> Any:
     """``value`` as an int or float inside ``domain``; numeric strings (YAML reads ``1e-3`` as text) and
-    integral floats for integer options are accepted and converted."""
+    integral floats for integer options are accepted and converted. ``why`` is added to the message."""
     v = value
     if isinstance(v, str):
         try:
@@ -60,7 +63,7 @@ def check_number(option: str, value: Any, domain: Domain, error: type[NormfreeEr
         ok_type = math.isfinite(v) and v.is_integer()
         v = int(v) if ok_type else v
     if not ok_type or (isinstance(v, float) and not math.isfinite(v)) or not domain.contains(v):
-        raise error(f"{option} = {value!r}: must be {domain.describe()}")
+        raise error(f"{option} = {value!r}: must be {domain.describe()}" + (f" ({why})" if why else ""))
     return int(v) if domain.integer else float(v)
 
 
@@ -90,3 +93,27 @@ def require_device(option: str, spec: str) -> str:
             raise ConfigError(f"{option} = {spec!r}: this machine has {torch.cuda.device_count()} CUDA "
                               f"device(s) (cuda:0 … cuda:{torch.cuda.device_count() - 1})")
     return spec
+
+
+def check_out_dir(option: str, path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and its parents), or fail with one line saying why not."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{option} {path}: {blocker} is a file, not a folder; choose another {option}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path}: the folder is not writable; choose another {option}")
+    return path
+
+
+def check_out_file(option: str, path: str | os.PathLike) -> Path:
+    """An output file path whose folder exists (or can be created) and that is not itself a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    check_out_dir(option, path.parent)
+    return path

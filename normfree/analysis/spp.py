@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..errors import DataError
 from .blocks import Block, find_blocks
 from .grads import LossFn, gradient_stats
 from .stats import channel_stats, first_tensor
@@ -175,14 +176,18 @@ def make_inputs(model: nn.Module, input_shape: Sequence[int] | None = None, seed
 def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
     """Clear errors for batches the statistics cannot be measured on."""
     if x.ndim < 2:
-        raise ValueError(f"expected a batch with channels on dim 1, got shape {tuple(x.shape)}")
+        raise DataError(f"expected a batch with channels on dim 1, got shape {tuple(x.shape)}")
     if x.shape[0] < 2:
-        raise ValueError(f"batch of {x.shape[0]}: SPP statistics (and BatchNorm batch statistics) need "
-                         "at least 2 examples; use a batch of 8 or more")
+        raise DataError(f"batch of {x.shape[0]}: SPP statistics (and BatchNorm batch statistics) need "
+                        "at least 2 examples; use a batch of 8 or more")
     channels = _input_channels(model)
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"input has {x.shape[1]} channels but the model's first conv expects {channels}"
-                         f" (input shape {tuple(x.shape)}; channels go on dim 1, NCHW)")
+        raise DataError(f"input has {x.shape[1]} channels but the model's first conv expects {channels}"
+                        f" (input shape {tuple(x.shape)}; channels go on dim 1, NCHW)")
+    bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    if bad:
+        raise DataError(f"the input batch holds {bad} NaN or infinite value(s) of {x.numel()}; SPP statistics "
+                        "need finite inputs")
 
 
 def _expected_var(model: nn.Module, blocks: list[Block]) -> list[float] | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,8 +14,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..analysis import SPPResult, diagnose, plot_spp, save_csv, save_json, signal_propagation
-from ..analysis.spp import make_inputs
-from ..errors import NormfreeError
+from ..analysis.spp import _input_channels, make_inputs
+from ..checks import NONNEGATIVE_INT, Domain, check_number, check_out_dir, require_device
+from ..errors import CheckpointError, DataError, NormfreeError
+from ..resources import check_batch_fits
+from ..safeio import one_line
 from ..registry import create_model, get_entry
 
 
@@ -36,27 +40,28 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a ``normfree train`` checkpoint (its raw model weights), any other safetensors file, or a
     torch state dict (optionally under a "state_dict"/"model" key)."""
+    from ..safeio import read_safetensors, torch_load
+    from ..train.checkpoint import split_prefix
+
     path = Path(path)
     if not path.is_file():
-        raise NormfreeError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        from ..train.checkpoint import load_checkpoint as load_train_checkpoint, split_prefix
-
-        state = load_file(str(path))
+        state = read_safetensors(path)[0]
         if any(k.startswith("model.") for k in state) and not any(k in model.state_dict() for k in state):
-            state = split_prefix(load_train_checkpoint(path)[0], "model")
+            state = split_prefix(state, "model")  # a normfree train checkpoint
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise NormfreeError(f"checkpoint {path} does not fit the model: {err}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {one_line(err)[:300]}") from None
 
 
 def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
@@ -70,10 +75,15 @@ def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
         path = files[0]
     if not path.is_file():
         raise NormfreeError(f"data {path} does not exist")
-    with np.load(path) as data:
-        if "x" not in data:
-            raise NormfreeError(f"{path} has no array 'x' (expected uint8 images N×H×W×C)")
-        x = torch.from_numpy(np.asarray(data["x"][:batch])).float().permute(0, 3, 1, 2) / 255
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x = np.asarray(data["x"][:batch]) if "x" in data else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read {path} (truncated or not an .npz archive): {one_line(err)}") from None
+    if x is None or x.dtype != np.uint8 or x.ndim != 4 or len(x) < 2:
+        raise DataError(f"{path} needs an array 'x' of at least 2 uint8 images N×H×W×C, found "
+                        + ("none" if x is None else f"{x.dtype} {x.shape}"))
+    x = torch.from_numpy(x).float().permute(0, 3, 1, 2) / 255
     x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -95,8 +105,9 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
         model = create_model(name, **kwargs)
         if checkpoint:
             load_checkpoint(model, checkpoint)
-        model.to(device)
         size = input_size or int(getattr(model, "input_size", 224))
+        check_batch_fits(model, (batch, _input_channels(model) or 3, size, size), device, gradients)
+        model.to(device)
         if data:
             x = load_npz_images(data, batch, size).to(device)
         else:
@@ -120,8 +131,14 @@ def write(results: Sequence[SPPResult], out: str | Path, title: str | None = Non
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.batch < 2:
-        raise NormfreeError(f"--batch {args.batch}: SPP statistics need a batch of at least 2")
+    check_number("--batch", args.batch, Domain(integer=True, low=2), why="SPP statistics need at least 2 examples")
+    if args.input_size is not None:
+        check_number("--input-size", args.input_size, Domain(integer=True, low=1, high=8192))
+    if args.skipinit_gain is not None:
+        check_number("--skipinit-gain", args.skipinit_gain, Domain())
+    check_number("--seed", args.seed, NONNEGATIVE_INT)
+    require_device("--device", args.device)
+    check_out_dir("--out", args.out)
     results = measure(args.models, batch=args.batch, input_size=args.input_size,
                       skipinit_gain=args.skipinit_gain, checkpoint=args.checkpoint, data=args.data,
                       gradients=args.grads, seed=args.seed, device=args.device)

@@ -6,6 +6,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ModelOptionError
 from ..registry import create_model
 
 
@@ -14,7 +15,7 @@ def resolve_model(model_or_name: nn.Module | str, **model_kwargs: object) -> nn.
     if isinstance(model_or_name, str):
         return create_model(model_or_name, **model_kwargs)
     if model_kwargs:
-        raise TypeError("model keyword arguments only apply when a model name is given")
+        raise ModelOptionError("model keyword arguments only apply when a model name is given")
     return model_or_name
 
 
@@ -29,7 +30,7 @@ def load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source
 
     Every model tensor must be supplied with the right shape, and nothing may be left over
     (``unexpected`` lists source keys the caller could not map); all problems are reported in one
-    ``ValueError`` so a wrong model choice is obvious at once.
+    ``CheckpointError`` so a wrong model choice is obvious at once.
     """
     own = model.state_dict()
     missing = sorted(k for k in own if k not in tensors)
@@ -40,7 +41,7 @@ def load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source
                 (("missing", missing), ("unexpected", extra), ("shape mismatches", shapes)) if keys]
     if problems:
         name = getattr(model, "model_name", type(model).__name__)
-        raise ValueError(f"{source} weights do not fit {name}: " + "; ".join(problems))
+        raise CheckpointError(f"{source} weights do not fit {name}: " + "; ".join(problems))
     with torch.no_grad():
         for k, v in tensors.items():
             own[k].copy_(v.to(own[k].dtype))

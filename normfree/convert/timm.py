@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..errors import ModelSpecError
 from ..layers import ScaledStdConv2d
 from ..registry import create_model
 from .common import load_strict
@@ -49,7 +50,7 @@ _BRANCH = {"conv0": "conv1", "conv1": "conv2", "conv1b": "conv2b", "conv2": "con
 def timm_model(name: str, **model_kwargs: Any) -> nn.Module:
     """Our model with the structure of timm's ``name`` (untrained); eval settings as timm's config."""
     if name not in TIMM_MODELS:
-        raise ValueError(f"no timm mapping for {name!r}; supported: {', '.join(TIMM_MODELS)}")
+        raise ModelSpecError(f"no timm mapping for {name!r}; supported: {', '.join(TIMM_MODELS)}")
     ours, options, evaluation = TIMM_MODELS[name]
     kwargs = {**options, **model_kwargs}
     model = create_model(ours, **kwargs)
