@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -49,8 +50,7 @@ def restricted_load(fh: IO[bytes], source: str | os.PathLike, error: type[Normfr
     """Unpickle ``fh`` with :class:`RestrictedUnpickler`; any failure is one ``error`` line naming ``source``."""
     try:
         return RestrictedUnpickler(fh, encoding=encoding).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, struct.error, UnicodeDecodeError, MemoryError) as err:
+    except Exception as err:  # noqa: BLE001 - nothing from the file ran, so any failure means a bad file
         raise error(f"refusing to load {os.fspath(source)}: not a plain pickle of arrays: "
                     f"{type(err).__name__}: {one_line(err)}") from None
 
@@ -117,8 +117,10 @@ def torch_load(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as err:
-        raise CheckpointError(f"cannot load {os.fspath(path)} as a torch state dict: "
-                              f"{one_line(err).split('. ')[0]}") from None
+        text = one_line(err)
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.I)
+        why = f"it references {found.group(1)}, which weights never need" if found else text.split(". ")[0]
+        raise CheckpointError(f"cannot load {os.fspath(path)} as a torch state dict: {why}") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> None:

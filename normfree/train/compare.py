@@ -25,6 +25,7 @@ from ..checks import POSITIVE_INT, Domain, check_number, check_out_dir
 from ..errors import ConfigError, NormfreeError
 from ..registry import get_entry
 from .config import TrainConfig
+from .data import parse_data_spec
 from .rundir import holds_run
 
 COLUMNS = ("model", "batch_size", "lr", "param_groups", "steps", "first_loss", "final_train_loss",
@@ -108,6 +109,7 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
         "out_dir": str(Path(out) / "runs" / f"{label}_bs{b}"), "epochs": epochs, "batch_size": b,
         "lr": lr * b / lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
         "device": device, "param_groups": "auto"}) for b, spec, name, kwargs, label in runs]
+    parse_data_spec(data)
     taken = [c.out_dir for c in configs if holds_run(Path(c.out_dir))]
     if taken:
         raise ConfigError(f"--out {out} already holds a comparison (runs such as {taken[0]}); choose another "

@@ -11,7 +11,7 @@ from typing import Any
 from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Domain, check_choice, \
     check_device, check_number
 from ..errors import ConfigError
-from ..safeio import atomic_write_text
+from ..safeio import atomic_write_text, one_line
 from .optim import PARAM_GROUP_KINDS
 
 LR_SCALE_FIELDS = ("skip_gain_lr_scale", "gain_lr_scale", "bias_lr_scale")
@@ -145,7 +145,10 @@ class TrainConfig:
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"config file {path} is not valid YAML{at}: "
+                              f"{getattr(err, 'problem', None) or one_line(err)}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         return values

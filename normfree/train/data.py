@@ -227,20 +227,28 @@ def _synthetic(split: str, n: int = 512, size: int = 16, classes: int = 4) -> Ar
     return ArrayData(x.to(torch.uint8), y, classes, "synthetic")
 
 
+def parse_data_spec(spec: str) -> tuple[str, Path | None]:
+    """``(kind, folder)`` of a data spec, checked without reading any data (folder None for built-ins)."""
+    kind, _, path = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if kind in ("demo", "synthetic"):
+        return kind, None
+    if kind not in ("npz", "cifar10", "cifar100", "imagefolder"):
+        raise DataError(f"unknown data spec {spec!r}; use demo, synthetic, npz:DIR, cifar10:DIR, "
+                        "cifar100:DIR or imagefolder:DIR")
+    if not path or not Path(path).is_dir():
+        raise DataError(f"data folder {path!r} does not exist")
+    return kind, Path(path)
+
+
 def load_data(spec: str, split: str, subset: int = 0, size: int = 224,
               classes: list[str] | None = None) -> ArrayData | FolderData:
     """Load ``spec`` (see :class:`~normfree.train.config.TrainConfig`.data) for ``split`` in train/test."""
-    kind, _, path = spec.partition(":")
+    kind, root = parse_data_spec(spec)
     if kind == "demo":
         return _subset(_demo(split), subset)
     if kind == "synthetic":
         return _subset(_synthetic(split), subset)
-    if kind not in ("npz", "cifar10", "cifar100", "imagefolder"):
-        raise DataError(f"unknown data spec {spec!r}; use demo, synthetic, npz:DIR, cifar10:DIR, "
-                        "cifar100:DIR or imagefolder:DIR")
-    root = Path(path)
-    if not path or not root.is_dir():
-        raise DataError(f"data folder {path!r} does not exist")
+    assert root is not None
     if kind == "imagefolder":
         sub = root / ("train" if split == "train" else "val")
         if not sub.is_dir() and split != "train":

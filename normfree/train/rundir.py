@@ -1,11 +1,12 @@
 """One run per folder: what a run folder holds, when training into it is allowed, which config changes a
 resume may make, and the bookkeeping that keeps ``metrics.jsonl`` one record per step across resumes.
 
-Policy (docs/reliability.md): a folder *holds a run* when it has a checkpoint or ``summary.json``.
+Policy (docs/reliability.md): a folder *holds a run* when it has ``last.safetensors`` or ``summary.json``.
 ``normfree train`` into such a folder refuses unless ``--resume`` continues that run or ``--overwrite``
 moves it aside (to ``DIR.old-N``) first. Other files (a lane runner's ``.lane.lock``, ``stdout.log``)
-do not make a run; the leftovers of an attempt that died before its first checkpoint (``config.yaml``,
-``metrics.jsonl``, ``tb/``, ``spp/``) hold nothing resumable and are cleared with a warning.
+do not make a run; the leftovers of an attempt that died before its first ``last`` checkpoint
+(``config.yaml``, ``metrics.jsonl``, ``best.safetensors``, ``tb/``, ``spp/``) hold nothing resumable and are
+cleared with a warning.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from ..safeio import atomic_write_text, clean_stale_temps
 from .config import TrainConfig
 
 CHECKPOINTS = ("last.safetensors", "best.safetensors")
-RUN_MARKERS = (*CHECKPOINTS, "summary.json")
-"""Files that make a folder hold a run."""
+RUN_MARKERS = ("last.safetensors", "summary.json")
+"""Files that make a folder hold a run (a ``best`` alone is from an attempt killed at its first epoch end,
+before ``last`` was written: nothing to resume)."""
 RUN_FILES = (*RUN_MARKERS, "config.yaml", "metrics.jsonl", "plot.png", "tb", "spp")
 """Everything a run writes into its folder (moved together by ``--overwrite``)."""
 RESUME_SAFE = frozenset({"epochs", "out_dir", "device", "eval_every", "log_every", "eval_batch_size",
