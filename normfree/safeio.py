@@ -23,7 +23,7 @@ _NUMPY_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    # Python 2 pickles of numpy arrays store bytes as latin-1 text; _codecs.encode turns them back.
+    # protocol-2 pickles store bytes as latin-1 text plus a call of _codecs.encode that turns them back
     ("_codecs", "encode"),
 }
 _PLAIN = {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "bytearray", "complex")} | {

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -496,3 +497,26 @@ def test_python_dash_m_reports_errors_like_the_script(module, tmp_path):
                            str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     _assert_one_line_error(proc.stderr, "train", "eval_every (--eval-every) = 0")
+
+
+def test_genuine_cifar_batches_load_through_the_restricted_unpickler(tmp_path):
+    """The official layout as Python 2 and 3 write it (protocol 2, byte-string keys; protocol 4, str keys)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    images = {}
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        images[name] = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+        batch = {b"data": images[name], b"labels": [i % 10, 9, 0], b"batch_label": b"batch"} if i % 2 else \
+            {"data": images[name], "labels": [i % 10, 9, 0]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2 if i % 2 else 4))
+    train, test = load_data(f"cifar10:{tmp_path}", "train"), load_data(f"cifar10:{tmp_path}", "test")
+    assert train.x.shape == (15, 32, 32, 3) and test.y.tolist() == [5, 9, 0]
+    expected = images["test_batch"].reshape(3, 3, 32, 32).transpose(0, 2, 3, 1)
+    assert np.array_equal(test.x.numpy(), expected)
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad / "cifar-10-batches-py")
+    (bad / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({"data": images["test_batch"],
+                                                                          "labels": [0, 10, 1]}))
+    with pytest.raises(DataError, match="test_batch: label 10 is outside \\[0, 10\\)"):
+        load_data(f"cifar10:{bad}", "test")
