@@ -27,3 +27,12 @@ def block_output_stats(model, x):
     for h in handles:
         h.remove()
     return stats
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convs on a shared 2-core box: one intra-op thread is much faster than two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

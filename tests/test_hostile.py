@@ -34,12 +34,7 @@ from normfree.train.data import load_data
 from normfree.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RNG = np.random.default_rng(19)  # random bytes, the same ones every run
@@ -520,3 +515,15 @@ def test_genuine_cifar_batches_load_through_the_restricted_unpickler(tmp_path):
                                                                           "labels": [0, 10, 1]}))
     with pytest.raises(DataError, match="test_batch: label 10 is outside \\[0, 10\\)"):
         load_data(f"cifar10:{bad}", "test")
+
+
+def test_training_batch_far_beyond_memory_fails_before_the_first_step(tmp_path, monkeypatch):
+    import normfree.resources as res
+
+    cfg = TrainConfig(model="nf_cifar_resnet20", model_kwargs={"width": 0.25}, data="synthetic", epochs=1,
+                      out_dir=str(tmp_path / "run"), train_subset=32, test_subset=16, batch_size=16)
+    trainer = Trainer(cfg)
+    monkeypatch.setattr(res, "available_bytes", lambda device="cpu": 2**20)  # 1 MiB free
+    with pytest.raises(ConfigError, match=r"--batch-size 16 at 16x16 needs about .* but cpu has 0.000977 GiB"):
+        trainer.fit()
+    assert trainer.step == 0 and not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -23,12 +23,7 @@ from normfree.train.metrics import read_metrics
 from normfree.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg_for(out: Path, **kw) -> TrainConfig:
@@ -80,22 +75,27 @@ def _strip(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
+def _fit_interrupted(run: Path, monkeypatch, method: str, at_step: int) -> None:
+    """Fit a fresh run, pressing Ctrl-C when ``Trainer.<method>`` is called at step ``at_step``."""
+    trainer = Trainer(cfg_for(run))
+    real = getattr(Trainer, method)
+
+    def interrupting(self, *args):
+        if self.step == at_step:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(Trainer, method, interrupting)
+    with pytest.raises(NormfreeError, match=f"interrupted at step {at_step}"):
+        trainer.fit()
+    monkeypatch.setattr(Trainer, method, real)
+
+
 def test_interrupt_during_final_evaluation_is_redone_on_resume(tmp_path, straight, monkeypatch):
     """Ctrl-C in the last epoch's evaluation: resume evaluates, updates best, logs and summarizes
     exactly as the uninterrupted run did (best is not left an epoch behind)."""
     run = tmp_path / "run"
-    trainer = Trainer(cfg_for(run))
-    real = Trainer.evaluate
-
-    def interrupt_final(self):
-        if self.step == self.total_steps:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(Trainer, "evaluate", interrupt_final)
-    with pytest.raises(NormfreeError, match="interrupted at step 6"):
-        trainer.fit()
-    monkeypatch.setattr(Trainer, "evaluate", real)
+    _fit_interrupted(run, monkeypatch, "evaluate", at_step=6)
     assert not (run / "summary.json").exists()
     assert load_checkpoint(run / "last.safetensors")[1]["progress"]["epoch_pending"] is True
     Trainer(cfg_for(run), resume=run / "last.safetensors").fit()
@@ -121,18 +121,7 @@ def test_kill_after_logging_before_checkpoint_logs_each_step_once(tmp_path, stra
 
 def test_mid_epoch_interrupt_keeps_the_epoch_train_loss(tmp_path, straight, monkeypatch):
     run = tmp_path / "run"
-    trainer = Trainer(cfg_for(run))
-    real = Trainer._train_step
-
-    def interrupt_at_4(self, idx):
-        if self.step == 4:
-            raise KeyboardInterrupt
-        return real(self, idx)
-
-    monkeypatch.setattr(Trainer, "_train_step", interrupt_at_4)
-    with pytest.raises(NormfreeError, match="interrupted at step 4"):
-        trainer.fit()
-    monkeypatch.setattr(Trainer, "_train_step", real)
+    _fit_interrupted(run, monkeypatch, "_train_step", at_step=4)
     Trainer(cfg_for(run), resume=run / "last.safetensors").fit()
     _assert_matches_straight(run, straight)
 

@@ -41,7 +41,7 @@ def holds_run(folder: Path) -> bool:
 
 def prepare_run_dir(folder: Path, resume: str | Path | None, overwrite: bool) -> None:
     """Apply the one-run-per-folder policy to ``folder`` before a run writes there (main rank only)."""
-    clean_stale_temps(folder, (*CHECKPOINTS, "summary.json", "config.yaml"))
+    clean_stale_temps(folder, (*CHECKPOINTS, "summary.json", "config.yaml", "metrics.jsonl"))
     if resume is not None and Path(resume).resolve().parent == folder.resolve():
         return  # continuing the run that lives here
     if holds_run(folder):

@@ -19,6 +19,7 @@ from ..checks import require_device
 from ..errors import ConfigError, NormfreeError
 from ..safeio import atomic_write_text
 from ..registry import create_model
+from ..resources import check_batch_fits
 from ..analysis import SPPRecorder
 from ..analysis.spp import load_json
 from .agc import agc_params, clip_grad_agc_
@@ -305,11 +306,14 @@ class Trainer:
         cfg, spe, prog = self.cfg, self.steps_per_epoch, self.progress
         end_epoch = min(cfg.epochs, until_epoch or cfg.epochs)
         if self.dist.main:
-            if self.step == 0:
-                cfg.save_yaml(self.run_dir / "config.yaml")
+            cfg.save_yaml(self.run_dir / "config.yaml")  # the config in force (a resume may add epochs)
             trim_metrics(self.run_dir / "metrics.jsonl", self.step, prog.epoch_pending)
         if self.step >= self.total_steps and not prog.epoch_pending:
             return self._already_finished()
+        x, _ = self.train_data.batch(torch.arange(1), False, step_generator(0))
+        check_batch_fits(self.model, (self.micro, x.shape[-1], *x.shape[1:3]), self.device, training=True,
+                         what="--batch-size" if self.micro == cfg.batch_size else
+                         "the micro-batch (--batch-size / processes / --accum-steps)")
         start_time, start_step = time.perf_counter(), self.step
         self.fit_start = start_time
         last: dict[str, Any] = prog.metrics
