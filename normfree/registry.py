@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .errors import ModelOptionError, ModelSpecError
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -35,7 +37,7 @@ class ModelEntry:
                                for k, h in hints.items())
             fixed = [k for k in unknown if k in self.fixed]
             why = f"; {fixed} are fixed by the name {self.name!r}" if fixed else ""
-            raise TypeError(f"{self.name}: unexpected keyword argument(s) {detail}{why}. "
+            raise ModelOptionError(f"{self.name}: unexpected keyword argument(s) {detail}{why}. "
                             f"Valid options: {', '.join(allowed)}")
         model = self.builder(**self.fixed, **{**self.defaults, **kwargs})
         model.model_name = self.name
@@ -57,20 +59,21 @@ def register_model(name: str, builder: Callable[..., nn.Module], *, fixed: dict[
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; unknown names raise ``ValueError`` with the closest matches."""
+    """The registry entry for ``name``; unknown names raise ``ModelSpecError`` (a ``ValueError``) with the
+    closest matches."""
     try:
         return _REGISTRY[name]
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (normfree.list_models() lists all)") from None
+        raise ModelSpecError(f"unknown model {name!r}{hint} (normfree.list_models() lists all)") from None
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("nf_resnet50", num_classes=10, drop_rate=0.2)``.
 
-    Unknown names raise ``ValueError`` naming the closest matches; unknown keywords raise ``TypeError``
-    naming them and listing the valid options.
+    Unknown names raise ``ModelSpecError`` (a ``ValueError``) naming the closest matches; unknown keywords
+    raise ``ModelOptionError`` (a ``TypeError``) naming them and listing the valid options.
     """
     from .resources import check_model_size
 
