@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from .errors import NormfreeError
 
@@ -11,9 +12,15 @@ SUBCOMMANDS = ("demo", "models", "spp", "train", "recipes", "eval", "convert", "
 """Modules of :mod:`normfree.commands`; each defines ``add_parser(subparsers)`` that sets ``func``."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="normfree",
-                                     description="Normalizer-free networks: models, analysis, training.")
+    parser = _Parser(prog="normfree", description="Normalizer-free networks: models, analysis, training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"normfree.commands.{name}").add_parser(sub)

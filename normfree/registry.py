@@ -88,7 +88,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     keywords raise :class:`~normfree.errors.ModelOptionError` (a ``TypeError``) naming them and listing
     the valid options.
     """
-    return get_entry(name).build(**kwargs)
+    from .resources import check_model_size
+
+    entry = get_entry(name)
+    check_model_size(name, lambda: entry.build(**kwargs), kwargs)
+    return entry.build(**kwargs)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

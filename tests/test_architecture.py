@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "normfree"
-APP = ("normfree.cli", "normfree.commands")
+APP = ("normfree.cli", "normfree.commands", "normfree.__main__")
 """The application layer: it may import the library; nothing in the library may import it."""
 
 
@@ -22,7 +22,8 @@ def _module_name(path: Path, base: Path) -> str:
 
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     """normfree module → the normfree modules it imports, at any depth in the file (function-level
-    imports count: they run too). ``from pkg import name`` points at ``pkg.name`` when that is a
+    imports count: they run too; imports under ``if TYPE_CHECKING:`` never run and do not count).
+    ``from pkg import name`` points at ``pkg.name`` when that is a
     module, else at ``pkg``. Importing ``a.b.c`` also runs the ``__init__`` of package ``a.b``, so
     that is an edge too (except to the root package and to the module's own packages)."""
     files = {_module_name(p, root.parent): p for p in root.rglob("*.py")}
@@ -30,7 +31,13 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 targets.update(a.name for a in node.names if a.name.split(".")[0] == "normfree")
             elif isinstance(node, ast.ImportFrom):

@@ -117,7 +117,7 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
     ({"model": "nf_cifar_resnet21"}, "unknown model"),
     ({"data": "npz:/nonexistent/folder"}, "does not exist"),
     ({"data": "bogus"}, "unknown data spec"),
-    ({"num_classes": 2}, "num_classes is 2"),
+    ({"num_classes": 2}, r"num_classes \(--num-classes\) = 2 but synthetic has 4 classes"),
     ({"batch_size": 1000}, "larger than"),
     ({"batch_size": 10, "accum_steps": 4}, "divisible"),
 ])
@@ -137,9 +137,10 @@ def test_resume_from_other_model_is_refused(tmp_path):
     cfg = tiny_cfg(tmp_path, epochs=1)
     Trainer(cfg).fit()
     path = Path(cfg.out_dir) / "last.safetensors"
-    with pytest.raises(NormfreeError, match="trained with model 'nf_cifar_resnet20'"):
+    with pytest.raises(NormfreeError, match="differs from the checkpoint's in model: 'nf_cifar_resnet20' -> "
+                                            "'bn_cifar_resnet20'"):
         Trainer(tiny_cfg(tmp_path / "b", model="bn_cifar_resnet20"), resume=path)
-    with pytest.raises(NormfreeError, match="does not fit"):
+    with pytest.raises(NormfreeError, match="in model_kwargs: .*'width': 0.5"):
         Trainer(tiny_cfg(tmp_path / "c", model_kwargs={"width": 0.5}), resume=path)
 
 
@@ -161,7 +162,7 @@ def test_empty_and_corrupt_image_folders(tmp_path):
     assert summary["steps"] == 2 and 0 <= summary["test_top1"] <= 100
     (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(NormfreeError, match="cannot read image .*broken.jpg"), pytest.warns(UserWarning):
-        Trainer(tiny_cfg(tmp_path, **{**cfg.to_dict(), "batch_size": 17})).fit()
+        Trainer(tiny_cfg(tmp_path, **{**cfg.to_dict(), "batch_size": 17}), overwrite=True).fit()
 
 
 def test_cli_train_then_eval(tmp_path, capsys):

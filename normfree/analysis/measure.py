@@ -5,6 +5,7 @@ This is what ``normfree spp``, ``normfree demo`` and :func:`normfree.train.compa
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -14,11 +15,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
+from ..resources import check_batch_fits
+from ..safeio import one_line
 from ..registry import create_model, get_entry, parse_model_spec
 from ..train.checkpoint import load_weights
 from .diagnose import diagnose
 from .plot import plot_spp
-from .spp import SPPResult, make_inputs, save_csv, save_json, signal_propagation
+from .spp import SPPResult, _input_channels, make_inputs, save_csv, save_json, signal_propagation
 
 
 def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
@@ -32,10 +35,15 @@ def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
         path = files[0]
     if not path.is_file():
         raise DataError(f"data {path} does not exist")
-    with np.load(path) as data:
-        if "x" not in data:
-            raise DataError(f"{path} has no array 'x' (expected uint8 images N×H×W×C)")
-        x = torch.from_numpy(np.asarray(data["x"][:batch])).float().permute(0, 3, 1, 2) / 255
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x = np.asarray(data["x"][:batch]) if "x" in data else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read {path} (truncated or not an .npz archive): {one_line(err)}") from None
+    if x is None or x.dtype != np.uint8 or x.ndim != 4 or len(x) < 2:
+        raise DataError(f"{path} needs an array 'x' of at least 2 uint8 images N×H×W×C, found "
+                        + ("none" if x is None else f"{x.dtype} {x.shape}"))
+    x = torch.from_numpy(x).float().permute(0, 3, 1, 2) / 255
     x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -47,7 +55,7 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
             gradients: bool = False, seed: int = 0, device: str = "cpu") -> list[SPPResult]:
     """Build each model spec (``NAME[:key=value,...]``), measure its SPP; results are labelled by spec."""
     if checkpoint and len(specs) != 1:
-        raise ConfigError("a checkpoint fits exactly one model, got several model specs")
+        raise ConfigError(f"--checkpoint needs exactly one model, got {len(specs)} model specs")
     results = []
     for spec in tqdm(specs, desc="SPP", unit="model", leave=False):
         name, kwargs = parse_model_spec(spec)
@@ -57,8 +65,9 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
         model = create_model(name, **kwargs)
         if checkpoint:
             load_weights(model, checkpoint)
-        model.to(device)
         size = input_size or int(getattr(model, "input_size", 224))
+        check_batch_fits(model, (batch, _input_channels(model) or 3, size, size), device, gradients)
+        model.to(device)
         if data:
             x = load_npz_images(data, batch, size).to(device)
         else:

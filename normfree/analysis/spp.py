@@ -180,11 +180,15 @@ def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
         raise DataError(f"expected a batch with channels on dim 1, got shape {tuple(x.shape)}")
     if x.shape[0] < 2:
         raise DataError(f"batch of {x.shape[0]}: SPP statistics (and BatchNorm batch statistics) need "
-                         "at least 2 examples; use a batch of 8 or more")
+                        "at least 2 examples; use a batch of 8 or more")
     channels = _input_channels(model)
     if channels is not None and x.shape[1] != channels:
         raise DataError(f"input has {x.shape[1]} channels but the model's first conv expects {channels}"
-                         f" (input shape {tuple(x.shape)}; channels go on dim 1, NCHW)")
+                        f" (input shape {tuple(x.shape)}; channels go on dim 1, NCHW)")
+    bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    if bad:
+        raise DataError(f"the input batch holds {bad} NaN or infinite value(s) of {x.numel()}; SPP statistics "
+                        "need finite inputs")
 
 
 def _expected_var(model: nn.Module, blocks: list[Block]) -> list[float] | None:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ..bench import BenchConfig, BenchResult, run_benchmark
+from ..checks import NONNEGATIVE_INT, POSITIVE_INT, check_number, check_out_file, require_device
+from ..resources import check_batch_fits
 from ..errors import NormfreeError
 from ..deploy import deploy
 from ..registry import create_model, list_models, parse_model_spec
@@ -140,13 +142,17 @@ def run(args: argparse.Namespace) -> int:
         raise NormfreeError("--deploy measures inference: add --infer")
     if args.grad_checkpointing and args.mode != "train":
         raise NormfreeError("--grad-checkpointing only changes training: drop --infer")
-    if min(args.batch, args.size, args.repeats, args.steps) < 1 or args.warmup < 0:
-        raise NormfreeError("--batch, --size, --repeats and --steps must be positive, --warmup >= 0")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise NormfreeError(f"--device {args.device}: CUDA is not available on this machine")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    for option in ("batch", "size", "repeats", "steps"):
+        check_number(f"--{option}", getattr(args, option), POSITIVE_INT)
+    check_number("--warmup", args.warmup, NONNEGATIVE_INT)
+    if args.threads is not None:
+        torch.set_num_threads(check_number("--threads", args.threads, POSITIVE_INT))
+    require_device("--device", args.device)
+    if args.json:
+        check_out_file("--json", args.json)
     models, baseline, notes = _models(args)
+    for model in models.values():
+        check_batch_fits(model, (args.batch, 3, args.size, args.size), args.device, args.mode == "train")
     cfg = BenchConfig(mode=args.mode, batch=args.batch, size=args.size, device=args.device,
                       compile=args.compile, channels_last=args.channels_last, amp=args.amp,
                       warmup=args.warmup, repeats=args.repeats, steps=args.steps)

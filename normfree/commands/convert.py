@@ -8,21 +8,26 @@ from typing import Any
 
 import torch
 
-from ..errors import NormfreeError
+from ..checks import POSITIVE_INT, check_number, check_out_file
+from ..errors import CheckpointError
+from ..safeio import atomic_write
 
 
 def load_torch_state_dict(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` (safe), or from a pickled ``.pth``/``.bin`` only when allowed."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from ..safeio import read_safetensors, torch_load
 
-        return load_file(path)
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)[0]
     if not allow_pickle:
-        raise NormfreeError(f"{path} is not a .safetensors file; loading it means unpickling it. Pass "
-                        "--allow-pickle only if you trust its source (torch.load(weights_only=True)).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path} is not a .safetensors file; loading it means unpickling it. Pass "
+                              "--allow-pickle to read it with torch.load(weights_only=True), which builds "
+                              "only tensors and containers")
+    state = torch_load(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return state
 
 
@@ -31,9 +36,11 @@ def _run(args: argparse.Namespace) -> None:
 
     from ..convert import from_deepmind, from_timm
 
-    if not os.path.exists(args.src):
-        raise NormfreeError(f"source checkpoint {args.src} does not exist")
-    kwargs: dict[str, Any] = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    if not os.path.isfile(args.src):
+        raise CheckpointError(f"source checkpoint {args.src} does not exist or is not a file")
+    check_out_file("--out", args.out)
+    kwargs: dict[str, Any] = {} if args.num_classes is None else {
+        "num_classes": check_number("--num-classes", args.num_classes, POSITIVE_INT)}
     if args.source == "deepmind":
         model = from_deepmind(args.model, args.src, allow_pickle=args.allow_pickle, **kwargs)
     else:
@@ -42,7 +49,7 @@ def _run(args: argparse.Namespace) -> None:
     meta = {"model": model.model_name, "source": args.source, "source_model": args.model,
             "model_kwargs": json.dumps(getattr(model, "convert_kwargs", kwargs)),
             "pretrained_cfg": json.dumps(getattr(model, "pretrained_cfg", None))}
-    save_file(state, args.out, metadata=meta)
+    atomic_write(args.out, lambda tmp: save_file(state, tmp, metadata=meta))
     print(f"wrote {args.out}: {model.model_name} ({len(state)} tensors) from {args.source} weights "
           f"{args.src}; rebuild with create_model({model.model_name!r}, **model_kwargs) from its metadata")
 
@@ -60,5 +67,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--num-classes", type=int, help="classifier size if not 1000")
     p.add_argument("--allow-pickle", action="store_true",
-                   help="allow unpickling a non-safetensors/npz source (only for trusted files)")
+                   help="allow a pickle-format source (the official DeepMind files, timm .pth); it is read "
+                        "with a restricted unpickler that builds only containers and arrays, never code")
     p.set_defaults(func=_run)

@@ -6,12 +6,18 @@ import argparse
 import torch
 
 from ..analysis.measure import measure, write
-from ..errors import ConfigError
+from ..checks import NONNEGATIVE_INT, Domain, check_number, check_out_dir, require_device
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.batch < 2:
-        raise ConfigError(f"--batch {args.batch}: SPP statistics need a batch of at least 2")
+    check_number("--batch", args.batch, Domain(integer=True, low=2), why="SPP statistics need at least 2 examples")
+    if args.input_size is not None:
+        check_number("--input-size", args.input_size, Domain(integer=True, low=1, high=8192))
+    if args.skipinit_gain is not None:
+        check_number("--skipinit-gain", args.skipinit_gain, Domain())
+    check_number("--seed", args.seed, NONNEGATIVE_INT)
+    require_device("--device", args.device)
+    check_out_dir("--out", args.out)
     results = measure(args.models, batch=args.batch, input_size=args.input_size,
                       skipinit_gain=args.skipinit_gain, checkpoint=args.checkpoint, data=args.data,
                       gradients=args.grads, seed=args.seed, device=args.device)

@@ -32,7 +32,7 @@ def _field_type(f: dataclasses.Field) -> Any:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config, layered: defaults < --recipe < --config YAML (or, resuming, the checkpoint's
     config) < flags; ``model_kwargs`` merge key by key."""
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import TRAIN_META_KEYS, load_checkpoint
     from ..train.config import TrainConfig
     from ..train.recipes import layer_values, load_recipe
 
@@ -42,7 +42,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         layers.append(TrainConfig.read_yaml(args.config))
     elif args.resume:  # continue with the checkpoint's recipe unless flags say otherwise
-        layers.append(load_checkpoint(args.resume)[1].get("config", {}))
+        layers.append(load_checkpoint(args.resume, TRAIN_META_KEYS)[1]["config"])
     return TrainConfig.from_dict(layer_values(*layers, overrides))
 
 
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> None:
 
         print(format_recipes())
         return
-    summary = Trainer(config_from_args(args), resume=args.resume).fit()
+    summary = Trainer(config_from_args(args), resume=args.resume, overwrite=args.overwrite).fit()
     keys = ("model", "steps", "wall_time_s", "test_top1", "test_top5", "ema_test_top1", "best_top1")
     print("summary: " + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
                                   f"{k}={summary[k]}" for k in keys if k in summary))
@@ -67,6 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a model. Flags override --config values; see docs/training.md.")
     p.add_argument("--config", help="YAML file with TrainConfig keys")
     p.add_argument("--resume", help="checkpoint (.safetensors) to continue from exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="if --out-dir already holds a run, move it aside to DIR.old-N and start anew "
+                        "(without this, training into a folder that holds a run is refused)")
     p.add_argument("--recipe", help="named recipe whose values the other flags override; 'list' prints them")
     docs = TrainConfig.field_help()
     for f in dataclasses.fields(TrainConfig):

@@ -30,7 +30,7 @@ def load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source
 
     Every model tensor must be supplied with the right shape, and nothing may be left over
     (``unexpected`` lists source keys the caller could not map); all problems are reported in one
-    ``ValueError`` so a wrong model choice is obvious at once.
+    ``CheckpointError`` so a wrong model choice is obvious at once.
     """
     own = model.state_dict()
     missing = sorted(k for k in own if k not in tensors)

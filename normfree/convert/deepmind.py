@@ -5,13 +5,14 @@ kernels are HWIO and linear weights [in, out]. Blocks are numbered in creation o
 ``nf_block_1``, …; NF-ResNet: ``nf_res_block``), the SE linears are ``squeeze_excite/~/linear`` and
 ``linear_1``, the classifier is ``linear``. The root module name (``NFNet``, ``NF_RegNet``,
 ``NF_ResNet`` or whatever the user called it) is ignored. The official release files
-(``F0_haiku.npz`` …) are pickles of the nested dict despite their suffix: they need ``allow_pickle``.
+(``F0_haiku.npz`` …) are pickles of the nested dict despite their suffix: they need ``allow_pickle``,
+and are read with :class:`normfree.safeio.RestrictedUnpickler`, which builds only containers and numpy
+arrays, so a crafted file cannot run code.
 The NF-ResNet naming also serves the 32×32 ``nf_cifar_*`` models (no official counterpart).
 """
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from typing import Any, Iterator, Mapping
 
@@ -22,6 +23,7 @@ from torch import nn
 from ..errors import CheckpointError, ModelSpecError
 from ..layers import ScaledStdConv2d
 from ..registry import get_entry
+from ..safeio import one_line, restricted_load
 from .common import load_strict, resolve_model
 
 _FAMILIES = {"nf_resnet": "nf_res_block", "nf_cifar": "nf_res_block", "nf_regnet": "nf_block",
@@ -43,21 +45,30 @@ def read_params(params: Mapping[str, Any] | str | os.PathLike,
     """Flat ``{"module/…/param": array}`` from a (nested) mapping or a file, root module stripped.
 
     Files: an ``.npz`` archive of the flat form; a pickled Haiku params dict only with
-    ``allow_pickle=True`` (unpickling runs code from the file: trusted sources only). ``/~/``
+    ``allow_pickle=True`` (restricted unpickling: containers and numpy arrays, never code). ``/~/``
     separators become ``/``; the first path component (the network's root module) is dropped, so
     weights saved under any root name load.
     """
     if isinstance(params, (str, os.PathLike)):
+        if not os.path.isfile(params):
+            raise CheckpointError(f"DeepMind parameters {os.fspath(params)} do not exist")
         if zipfile.is_zipfile(params):
-            with np.load(params, allow_pickle=False) as data:
-                flat = {k: data[k] for k in data.files}
+            try:
+                with np.load(params, allow_pickle=False) as data:
+                    flat = {k: data[k] for k in data.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+                raise CheckpointError(f"cannot read {os.fspath(params)}: {one_line(err)}") from None
         elif allow_pickle:
             with open(params, "rb") as fh:
-                return read_params(pickle.load(fh))
+                tree = restricted_load(fh, params)
+            if not isinstance(tree, Mapping):
+                raise CheckpointError(f"{os.fspath(params)} holds a {type(tree).__name__}, not a Haiku "
+                                      "params mapping")
+            return read_params(tree)
         else:
             raise CheckpointError(f"{os.fspath(params)} is not an .npz archive; if it is a pickled Haiku "
-                             "params dict from a source you trust, pass allow_pickle=True "
-                             "(CLI: --allow-pickle)")
+                                  "params dict (the official release format), pass allow_pickle=True "
+                                  "(CLI: --allow-pickle)")
     else:
         flat = dict(_flatten(params))
     out: dict[str, np.ndarray] = {}
@@ -67,7 +78,10 @@ def read_params(params: Mapping[str, Any] | str | os.PathLike,
         if len(parts) < 2:
             raise CheckpointError(f"parameter key {key!r} is not of the form 'module/…/param'")
         roots.add(parts[0])
-        out["/".join(parts[1:])] = np.asarray(value)
+        array = np.asarray(value)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise CheckpointError(f"parameter {key!r} is not a numeric array (dtype {array.dtype})")
+        out["/".join(parts[1:])] = array
     if len(roots) > 1:
         raise CheckpointError(f"parameters come from several root modules {sorted(roots)}; pass one network")
     return out

@@ -22,9 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..analysis.measure import measure, write
-from ..errors import NormfreeError
+from ..checks import POSITIVE_INT, Domain, check_number, check_out_dir
+from ..errors import ConfigError, NormfreeError
 from ..registry import get_entry, parse_model_spec
 from .config import TrainConfig
+from .data import parse_data_spec
+from .rundir import holds_run
 
 COLUMNS = ("model", "batch_size", "lr", "param_groups", "steps", "first_loss", "final_train_loss",
            "test_top1", "test_top5", "wall_time_s", "img_per_s", "peak_mem_mb", "load_avg_1m")
@@ -82,8 +85,21 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     a row with its error and NaN numbers; the others still run.
     """
     parsed, labels = _check_models(models, batch_sizes)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_number("--lr-batch", lr_batch, POSITIVE_INT)
+    check_number("--spp-batch", spp_batch, Domain(integer=True, low=2))
+    runs = [(b, spec, name, kwargs, label) for b in batch_sizes
+            for spec, (name, kwargs), label in zip(models, parsed, labels)]
+    configs = [TrainConfig.from_dict({  # every value checked before the first run starts
+        "log_every": 1, **train_kwargs, "model": name, "model_kwargs": kwargs, "data": data,
+        "out_dir": str(Path(out) / "runs" / f"{label}_bs{b}"), "epochs": epochs, "batch_size": b,
+        "lr": lr * b / lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
+        "device": device, "param_groups": "auto"}) for b, spec, name, kwargs, label in runs]
+    parse_data_spec(data)
+    taken = [c.out_dir for c in configs if holds_run(Path(c.out_dir))]
+    if taken:
+        raise ConfigError(f"--out {out} already holds a comparison (runs such as {taken[0]}); choose another "
+                          "--out so the new table does not mix with the old runs")
+    out = check_out_dir("--out", out)
 
     spp_specs = [_spp_spec(spec, name, kw, spp_skipinit_gain) for spec, (name, kw) in zip(models, parsed)]
     spp_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -91,14 +107,7 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     write(results, out, title=f"signal propagation at init, N(0,1) inputs, batch {spp_batch}")
 
     rows = []
-    runs = [(b, spec, name, kwargs, label) for b in batch_sizes
-            for spec, (name, kwargs), label in zip(models, parsed, labels)]
-    for b, spec, name, kwargs, label in tqdm(runs, desc="compare", unit="run"):
-        cfg = TrainConfig.from_dict({
-            "log_every": 1, **train_kwargs, "model": name, "model_kwargs": kwargs, "data": data,
-            "out_dir": str(out / "runs" / f"{label}_bs{b}"), "epochs": epochs, "batch_size": b,
-            "lr": lr * b / lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
-            "device": device, "param_groups": "auto"})
+    for (_b, spec, *_), cfg in tqdm(list(zip(runs, configs)), desc="compare", unit="run"):
         rows.append(_run_row(spec, cfg))
     settings = {"data": data, "epochs": epochs, "batch_sizes": list(batch_sizes), "lr": lr,
                 "lr_batch": lr_batch, "train_subset": train_subset, "test_subset": test_subset, "seed": seed,
@@ -112,8 +121,10 @@ def _check_models(models: Sequence[str], batch_sizes: Sequence[int]
     """Parsed specs and run labels; every name and batch size is checked before any run starts."""
     if not models:
         raise NormfreeError("give at least one model to compare")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise NormfreeError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    if not batch_sizes:
+        raise ConfigError("give at least one batch size")
+    for b in batch_sizes:
+        check_number("--batch-sizes", b, POSITIVE_INT)
     parsed = [parse_model_spec(s) for s in models]
     for name, _ in parsed:
         get_entry(name)

@@ -8,10 +8,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Domain, check_choice, \
+    check_device, check_number
 from ..errors import ConfigError
+from ..safeio import atomic_write_text, one_line
 from .optim import PARAM_GROUP_KINDS
 
 LR_SCALE_FIELDS = ("skip_gain_lr_scale", "gain_lr_scale", "bias_lr_scale")
+DIVERGENCE_MODES = ("stop", "warn", "off")
+DOMAINS: dict[str, Domain] = {
+    "num_classes": Domain(integer=True, low=2), "image_size": Domain(integer=True, low=8, high=4096),
+    "train_subset": NONNEGATIVE_INT, "test_subset": NONNEGATIVE_INT, "epochs": POSITIVE_INT,
+    "batch_size": POSITIVE_INT, "accum_steps": POSITIVE_INT, "lr": POSITIVE, "min_lr": NONNEGATIVE,
+    "warmup_epochs": NONNEGATIVE, "momentum": FRACTION, "weight_decay": NONNEGATIVE,
+    **dict.fromkeys(LR_SCALE_FIELDS, NONNEGATIVE), "label_smoothing": FRACTION, "agc_clip": NONNEGATIVE,
+    "agc_eps": POSITIVE, "ema_decay": FRACTION, "mixup": NONNEGATIVE, "cutmix": NONNEGATIVE,
+    "seed": Domain(integer=True, low=0, high=2**63 - 1), "eval_every": POSITIVE_INT, "log_every": POSITIVE_INT,
+    "spp_every": NONNEGATIVE_INT, "eval_batch_size": POSITIVE_INT,
+    "divergence_factor": Domain(low=1, low_open=True), "divergence_patience": POSITIVE_INT}
+"""The allowed values of each numeric :class:`TrainConfig` field."""
+OPTIONAL = ("num_classes", "image_size")
+BOOL_FIELDS = ("nesterov", "augment", "amp", "channels_last", "compile", "grad_checkpointing", "tta_flip")
+
+
+def option(name: str) -> str:
+    """How messages name a field: its key and its command-line flag."""
+    return f"{name} (--{name.replace('_', '-')})"
 
 
 @dataclass
@@ -69,19 +91,43 @@ class TrainConfig:
     dp_physical_batch: int = 64     # examples per forward/backward; batch_size is the expected logical batch
     dp_engine: str = "functorch"    # functorch (torch.func vmap) | opacus (Opacus hooks + normfree.privacy)
 
+    divergence: str = "stop"        # stop | warn | off: a loss above divergence_factor × its start for a stretch
+    divergence_factor: float = 4.0  # "far beyond": loss > factor × max(first loss, ln num_classes)
+    divergence_patience: int = 50   # steps in a row above that level before stopping (or warning)
+
     def __post_init__(self) -> None:
-        checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),
-                  (self.accum_steps >= 1, "accum_steps must be >= 1"), (self.lr > 0, "lr must be > 0"),
-                  (self.batch_size % self.accum_steps == 0, "batch_size must be divisible by accum_steps"),
-                  (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-                  (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
-                  (self.agc_clip >= 0, "agc_clip must be >= 0"), (self.warmup_epochs >= 0, "warmup_epochs >= 0"),
-                  *[(getattr(self, f) >= 0, f"{f} must be >= 0") for f in LR_SCALE_FIELDS],
-                  (self.param_groups in PARAM_GROUP_KINDS,
-                   f"param_groups must be one of {', '.join(PARAM_GROUP_KINDS)}")]
-        bad = [msg for ok, msg in checks if not ok]
+        """Check every field against its domain (:data:`DOMAINS`) and the fields against each other, so
+        a typo in a flag, a YAML file or a recipe fails before any work with one line naming the field."""
+        for name, domain in DOMAINS.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            setattr(self, name, check_number(option(name), value, domain))
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{option(name)} = {getattr(self, name)!r}: must be true or false")
+        for name in ("model", "data", "out_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{option(name)} = {getattr(self, name)!r}: must be a non-empty string")
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise ConfigError(f"{option('model_kwargs')} = {self.model_kwargs!r}: must be a mapping of "
+                              'option names to values, e.g. {"width": 0.5}')
+        check_choice(option("param_groups"), self.param_groups, PARAM_GROUP_KINDS)
+        check_choice(option("divergence"), self.divergence, DIVERGENCE_MODES)
+        check_device(option("device"), self.device)
+        consistency = [
+            (self.min_lr <= self.lr, f"{option('min_lr')} = {self.min_lr:g} is above {option('lr')} = "
+                                     f"{self.lr:g}: the schedule decays from lr down to min_lr"),
+            (self.warmup_epochs <= self.epochs, f"{option('warmup_epochs')} = {self.warmup_epochs:g} is longer "
+                                                f"than {option('epochs')} = {self.epochs}"),
+            (self.batch_size % self.accum_steps == 0, f"{option('batch_size')} = {self.batch_size} must be "
+                                                      f"divisible by {option('accum_steps')} = {self.accum_steps}"),
+            (not self.nesterov or self.momentum > 0, f"{option('nesterov')} needs {option('momentum')} > 0 "
+                                                     f"(got {self.momentum:g}); pass --nesterov false"),
+        ]
+        bad = [msg for ok, msg in consistency if not ok]
         if bad:
-            raise ConfigError("invalid training config: " + "; ".join(bad))
+            raise ConfigError("; ".join(bad))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +155,10 @@ class TrainConfig:
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"config file {path} is not valid YAML{at}: "
+                              f"{getattr(err, 'problem', None) or one_line(err)}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         return values
@@ -124,4 +173,4 @@ class TrainConfig:
     def save_yaml(self, path: str | Path) -> None:
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -7,8 +7,8 @@ batch as a single process and each rank takes its slice.
 from __future__ import annotations
 
 import importlib.util
-import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..safeio import one_line, restricted_load
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -132,17 +133,49 @@ def _npz(root: Path, split: str) -> ArrayData:
     if not path.is_file():
         raise DataError(f"{path} not found: an npz data folder holds train.npz and test.npz with "
                         "'x' (uint8 N×H×W×C) and 'y' (integer labels)")
-    with np.load(path) as f:
-        if "x" not in f or "y" not in f:
-            raise DataError(f"{path} must contain arrays 'x' and 'y', found {sorted(f.files)}")
-        x, y = f["x"], f["y"]
+    try:  # allow_pickle=False: an object array in the archive is refused, never unpickled
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise DataError(f"{path} must contain arrays 'x' and 'y', found {sorted(f.files)}")
+            x, y = f["x"], f["y"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"cannot read {path} (truncated or not an .npz archive): {one_line(err)}") from None
     if x.ndim == 3:
         x = x[..., None]
-    if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
-        raise DataError(f"{path}: 'x' must be uint8 N×H×W×C with one label per image, "
-                        f"got {x.dtype} {x.shape} and {len(y)} labels")
-    return ArrayData(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), int(y.max()) + 1,
+    if x.dtype != np.uint8 or x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{path}: 'x' must be uint8 N×H×W×C with one label per image in a 1-D 'y', "
+                        f"got {x.dtype} {x.shape} and 'y' of shape {y.shape}")
+    return ArrayData(torch.from_numpy(x), torch.from_numpy(_labels(y, path)), int(y.max(initial=0)) + 1,
                      f"npz:{root}")
+
+
+def _labels(y: np.ndarray, source: Path | str, num_classes: int | None = None) -> np.ndarray:
+    """Integer class labels in ``[0, num_classes)`` as int64 (a float or negative label is a data error,
+    not something to round or wrap around)."""
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}")
+    if len(y) and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
+        bad = y.min() if y.min() < 0 else y.max()
+        allowed = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        raise DataError(f"{source}: label {int(bad)} is outside {allowed}")
+    return y.astype(np.int64)
+
+
+def check_splits(train: ArrayData | FolderData, test: ArrayData | FolderData,
+                 num_classes: int | None) -> int:
+    """The number of classes to train, after checking that the splits fit together and ``num_classes``
+    (None: take the data's) equals the data's class count."""
+    if isinstance(train, ArrayData) and isinstance(test, ArrayData) and train.x.shape[-1] != test.x.shape[-1]:
+        raise DataError(f"{train.name}: the train split has {train.x.shape[-1]} channels but the test split "
+                        f"{test.x.shape[-1]}; both must hold the same kind of images")
+    labels = [int(d.y.max()) + 1 for d in (train, test) if len(d.y)]
+    classes = max(labels + [train.num_classes])
+    if num_classes is not None and num_classes != classes:
+        raise DataError(f"num_classes (--num-classes) = {num_classes} but {train.name} has {classes} classes "
+                        f"(labels 0..{classes - 1}); omit --num-classes to use the data's")
+    return classes
 
 
 def _cifar(root: Path, split: str, hundred: bool) -> ArrayData:
@@ -155,10 +188,19 @@ def _cifar(root: Path, split: str, hundred: bool) -> ArrayData:
         if not (base / n).is_file():
             raise DataError(f"{base / n} not found: expected the python-pickle CIFAR layout "
                             f"({'cifar-100-python' if hundred else 'cifar-10-batches-py'}/)")
-        with open(base / n, "rb") as f:  # the official CIFAR format is a pickle of plain arrays
-            d = pickle.load(f, encoding="latin1")
-        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        ys.append(np.asarray(d["fine_labels" if hundred else "labels"], dtype=np.int64))
+        with open(base / n, "rb") as f:  # a pickle of plain arrays: never let it name other code
+            d = restricted_load(f, base / n, DataError, encoding="latin1")
+        key = "fine_labels" if hundred else "labels"
+        d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()} \
+            if isinstance(d, dict) else {}
+        data = np.asarray(d.get("data", ()))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or key not in d:
+            raise DataError(f"{base / n} is not a CIFAR batch: expected a dict with uint8 'data' (N×3072) and "
+                            f"'{key}', got keys {sorted(map(str, d))}")
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(_labels(np.asarray(d[key]), base / n, 100 if hundred else 10))
+        if len(ys[-1]) != len(xs[-1]):
+            raise DataError(f"{base / n}: {len(xs[-1])} images but {len(ys[-1])} labels")
     return ArrayData(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)),
                      100 if hundred else 10, f"cifar{'100' if hundred else '10'}:{root}")
 
@@ -186,20 +228,28 @@ def _synthetic(split: str, n: int = 512, size: int = 16, classes: int = 4) -> Ar
     return ArrayData(x.to(torch.uint8), y, classes, "synthetic")
 
 
+def parse_data_spec(spec: str) -> tuple[str, Path | None]:
+    """``(kind, folder)`` of a data spec, checked without reading any data (folder None for built-ins)."""
+    kind, _, path = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if kind in ("demo", "synthetic"):
+        return kind, None
+    if kind not in ("npz", "cifar10", "cifar100", "imagefolder"):
+        raise DataError(f"unknown data spec {spec!r}; use demo, synthetic, npz:DIR, cifar10:DIR, "
+                        "cifar100:DIR or imagefolder:DIR")
+    if not path or not Path(path).is_dir():
+        raise DataError(f"data folder {path!r} does not exist")
+    return kind, Path(path)
+
+
 def load_data(spec: str, split: str, subset: int = 0, size: int = 224,
               classes: list[str] | None = None) -> ArrayData | FolderData:
     """Load ``spec`` (see :class:`~normfree.train.config.TrainConfig`.data) for ``split`` in train/test."""
-    kind, _, path = spec.partition(":")
+    kind, root = parse_data_spec(spec)
     if kind == "demo":
         return _subset(_demo(split), subset)
     if kind == "synthetic":
         return _subset(_synthetic(split), subset)
-    if kind not in ("npz", "cifar10", "cifar100", "imagefolder"):
-        raise DataError(f"unknown data spec {spec!r}; use demo, synthetic, npz:DIR, cifar10:DIR, "
-                        "cifar100:DIR or imagefolder:DIR")
-    root = Path(path)
-    if not path or not root.is_dir():
-        raise DataError(f"data folder {path!r} does not exist")
+    assert root is not None
     if kind == "imagefolder":
         sub = root / ("train" if split == "train" else "val")
         if not sub.is_dir() and split != "train":
@@ -247,3 +297,9 @@ def mix_batch(x: torch.Tensor, target: torch.Tensor, gen: torch.Generator, mixup
     else:
         x = lam * x + (1 - lam) * x[perm]
     return x, lam * target + (1 - lam) * target[perm]
+
+
+def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC → normalized float NCHW (channels_last memory format on request)."""
+    x = x.permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

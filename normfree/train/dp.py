@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from .data import pad_crop_flip, step_generator
 from .per_example import _BATCH_STATS, per_example_grads
-from .trainer import to_input
+from .data import to_input
 
 if TYPE_CHECKING:
     from .config import TrainConfig

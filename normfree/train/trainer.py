@@ -15,17 +15,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import NormfreeError
+from ..checks import require_device
+from ..errors import ConfigError, NormfreeError
+from ..safeio import atomic_write_text
 from ..registry import create_model
+from ..resources import check_batch_fits
 from ..analysis import SPPRecorder
 from ..analysis.spp import load_json
 from .agc import agc_params, clip_grad_agc_
-from .checkpoint import load_checkpoint, save_checkpoint, split_prefix
+from .checkpoint import TRAIN_META_KEYS, load_checkpoint, save_checkpoint, split_prefix
 from .config import TrainConfig
-from .data import ArrayData, FolderData, load_data, mix_batch, pad_crop_flip, step_generator
+from .data import (ArrayData, FolderData, check_splits, load_data, mix_batch, pad_crop_flip, step_generator,
+                   to_input)
 from .distributed import Dist, init_distributed, resolve_device
 from .metrics import MetricLogger, plot_run
 from .optim import ModelEMA, build_param_groups, lr_at
+from .rundir import Progress, check_resume, prepare_run_dir, trim_metrics
 
 
 def ensure_writable(run_dir: Path) -> None:
@@ -50,12 +55,6 @@ def image_defaults(model: nn.Module) -> tuple[int, int, float]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     train = int(cfg.get("input_size", (3, 224, 224))[-1])
     return train, int(cfg.get("test_input_size", (3, train, train))[-1]), float(cfg.get("crop_pct", 0.875))
-
-
-def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 NHWC → normalized float NCHW (channels_last memory format on request)."""
-    x = x.permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @torch.no_grad()
@@ -105,16 +104,17 @@ class Trainer:
     and the step counter to continue bit-for-bit.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False) -> None:
+        """``resume``: a checkpoint to continue; ``overwrite``: move a run already in ``cfg.out_dir``
+        aside instead of refusing (see :mod:`normfree.train.rundir`)."""
         self.cfg = cfg
-        self._init_device_and_run_dir()
-        ckpt = load_checkpoint(resume) if resume else None
+        ckpt = self._init_device_and_run_dir(resume, overwrite)
         meta = ckpt[1] if ckpt else {}
         num_classes, in_chans = self._init_data()
-        self._init_model(num_classes, in_chans, meta, resume)
+        self._init_model(num_classes, in_chans, meta)
         self._init_batching()
         self._init_optimizer()
-        self.step, self.best_top1 = 0, -1.0
+        self.step, self.best_top1, self.progress = 0, -1.0, Progress()
         self.elapsed_before, self.fit_start = 0.0, time.perf_counter()  # training wall time over all resumes
         self.dp = None
         if cfg.dp:  # after the optimizer (DPSGD wraps its step), before the restore (it restores the accountant)
@@ -125,16 +125,22 @@ class Trainer:
             self._restore(*ckpt, resume)
         self._init_wrappers()
 
-    def _init_device_and_run_dir(self) -> None:
+    def _init_device_and_run_dir(self, resume: str | Path | None, overwrite: bool
+                                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Device, the checkpoint to resume (checked against the config) and the prepared run folder."""
         cfg = self.cfg
         self.dist = init_distributed(cfg.device)
-        self.device = resolve_device(cfg.device, self.dist.local_rank)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise NormfreeError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
+        self.device = resolve_device(require_device("device (--device)", cfg.device), self.dist.local_rank)
         self.run_dir = Path(cfg.out_dir)
+        ckpt = load_checkpoint(resume, TRAIN_META_KEYS) if resume else None
+        meta = ckpt[1] if ckpt else {}
+        if meta:
+            check_resume(cfg, meta, resume)
         if self.dist.main:
             ensure_writable(self.run_dir)
+            prepare_run_dir(self.run_dir, resume, overwrite)
         self.dist.barrier()
+        return ckpt
 
     def _init_data(self) -> tuple[int, int]:
         """Load both splits; returns (num_classes, input channels)."""
@@ -143,21 +149,14 @@ class Trainer:
         self.train_data = load_data(cfg.data, "train", cfg.train_subset, size)
         self.test_data = load_data(cfg.data, "test", cfg.test_subset, size,
                                    classes=getattr(self.train_data, "classes", None))
-        data_classes = int(max(self.train_data.y.max(), self.test_data.y.max())) + 1
-        num_classes = cfg.num_classes or max(data_classes, self.train_data.num_classes)
-        if data_classes > num_classes:
-            raise NormfreeError(f"the data has labels up to {data_classes - 1} ({data_classes} classes) but "
-                            f"num_classes is {num_classes}; fix --num-classes or the data")
+        num_classes = check_splits(self.train_data, self.test_data, cfg.num_classes)
         in_chans = self.train_data.x.shape[-1] if isinstance(self.train_data, ArrayData) else 3
         return num_classes, in_chans
 
-    def _init_model(self, num_classes: int, in_chans: int, meta: dict[str, Any], resume: Any) -> None:
+    def _init_model(self, num_classes: int, in_chans: int, meta: dict[str, Any]) -> None:
         """Build the model (seeded), size ImageFolder data from its ``pretrained_cfg``, and fix the
         input normalization (the checkpoint's, else the training data's statistics)."""
         cfg = self.cfg
-        if meta and meta.get("model") != cfg.model:
-            raise NormfreeError(f"checkpoint {resume} was trained with model {meta.get('model')!r}, not "
-                            f"{cfg.model!r}; resume with the same --model or start a new run")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
         self.model = build_model(cfg.model, num_classes, in_chans, cfg.model_kwargs).to(self.device)
         train_size, test_size, crop_pct = image_defaults(self.model)
@@ -237,7 +236,8 @@ class Trainer:
         if self.dist.main:
             meta = {**self.meta_static, "config": self.cfg.to_dict(), "step": self.step,
                     "epoch": self.step / self.steps_per_epoch, "best_top1": self.best_top1,
-                    "elapsed_s": self.elapsed_before + time.perf_counter() - self.fit_start, **(extra or {})}
+                    "elapsed_s": self.elapsed_before + time.perf_counter() - self.fit_start,
+                    **self.progress.to_meta(), **(extra or {})}
             if self.dp:
                 meta["privacy"] = self.dp.state()
             save_checkpoint(path, self._state(), meta)
@@ -263,6 +263,7 @@ class Trainer:
         self.elapsed_before = float(meta.get("elapsed_s", 0.0))
         if self.dp:
             self.dp.load(meta.get("privacy"), path)
+        self.progress = Progress.from_meta(meta)
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def _train_step(self, idx: torch.Tensor) -> tuple[float, float]:
@@ -339,27 +340,43 @@ class Trainer:
         return recorder
 
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
-        """Train to ``cfg.epochs`` (or stop after ``until_epoch`` epochs, for staged runs); return the summary."""
-        cfg, spe = self.cfg, self.steps_per_epoch
+        """Train to ``cfg.epochs`` (or stop after ``until_epoch`` epochs, for staged runs); return the summary.
+
+        Resuming, the records ``metrics.jsonl`` holds beyond the checkpoint are dropped first (they will
+        be logged again), and an epoch end that an interrupt cut short is redone before training on.
+        """
+        cfg, spe, prog = self.cfg, self.steps_per_epoch, self.progress
         end_epoch = min(cfg.epochs, until_epoch or cfg.epochs)
-        if self.dist.main and self.step == 0:
-            cfg.save_yaml(self.run_dir / "config.yaml")
+        if self.dist.main:
+            cfg.save_yaml(self.run_dir / "config.yaml")  # the config in force (a resume may add epochs)
+            trim_metrics(self.run_dir / "metrics.jsonl", self.step, prog.epoch_pending)
+        if self.step >= self.total_steps and not prog.epoch_pending:
+            return self._already_finished()
+        x, _ = self.train_data.batch(torch.arange(1), False, step_generator(0))
+        check_batch_fits(self.model, (self.micro, x.shape[-1], *x.shape[1:3]), self.device, training=True,
+                         what="--batch-size" if self.micro == cfg.batch_size else
+                         "the micro-batch (--batch-size / processes / --accum-steps)")
         start_time, start_step = time.perf_counter(), self.step
         self.fit_start = start_time
-        last: dict[str, Any] = {}
+        last: dict[str, Any] = prog.metrics
         if self.spp is not None and self.step == 0:
             self.spp(self.model, 0)  # at initialization
         try:
+            if prog.epoch_pending:
+                last = self._end_epoch(self.step // spe - 1)
             while self.step < end_epoch * spe:
                 epoch = self.step // spe
                 perm = torch.randperm(len(self.train_data), generator=step_generator(cfg.seed, epoch))
                 self.model.train()
                 bar = tqdm(range(self.step % spe, spe), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            disable=not self.dist.main, leave=False)
-                losses, t0 = [], time.perf_counter()
+                prog = self.progress  # _end_epoch starts a fresh one
+                t0, seconds = time.perf_counter(), prog.seconds
                 for i in bar:
                     loss, frac = self._train_step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-                    losses.append(loss)
+                    prog.loss_sum, prog.loss_count = prog.loss_sum + loss, prog.loss_count + 1
+                    prog.seconds = seconds + time.perf_counter() - t0
+                    self._watch_divergence(loss)
                     if self.spp is not None:
                         self.spp(self.model, self.step)
                     if self.step % cfg.log_every == 0 or i == spe - 1:
@@ -369,33 +386,76 @@ class Trainer:
                             rec["agc_clipped_frac"] = frac
                         self.logger.log(rec)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{rec['lr']:.3g}")
-                elapsed = time.perf_counter() - t0
-                last = {"kind": "epoch", "epoch": epoch + 1, "step": self.step,
-                        "train_loss": sum(losses) / max(1, len(losses)), "epoch_time_s": elapsed,
-                        "img_per_s": len(losses) * cfg.batch_size / max(elapsed, 1e-9)}
-                if self.dp:
-                    last.update(self.dp.report())  # privacy spent so far, every epoch
-                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    last.update(self.evaluate())
-                    score = last.get("ema_test_top1", last["test_top1"])
-                    if score > self.best_top1:
-                        self.best_top1 = score
-                        self.save("best.safetensors", {"metrics": last})
-                self.save("last.safetensors", {"metrics": last})
-                self.logger.log(last)
-                if self.dist.main:
-                    tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in last.items() if k != "kind"))
+                prog.epoch_pending = True
+                last = self._end_epoch(epoch)
         except KeyboardInterrupt:
             if self._updating:
                 raise NormfreeError(f"interrupted during a weight update at step {self.step}; the last epoch "
-                                f"checkpoint in {self.run_dir} is intact, resume from it") from None
+                                    f"checkpoint in {self.run_dir} is intact, resume from it") from None
             path = self.save("last.safetensors", {"interrupted": True})
             raise NormfreeError(f"interrupted at step {self.step}; saved a resumable checkpoint {path}. Continue "
-                            f"with: normfree train --resume {path}") from None
+                                f"with: normfree train --resume {path}") from None
         finally:
             self.logger.close()
         return self._finish(last, time.perf_counter() - start_time, self.step - start_step)
+
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        """Evaluate (when due), update ``best``, log the epoch record, then write ``last``: a kill between
+        any two of these leaves a checkpoint from which the resume redoes exactly the missing part."""
+        cfg, prog = self.cfg, self.progress
+        last = {"kind": "epoch", "epoch": epoch + 1, "step": self.step,
+                "train_loss": prog.loss_sum / max(1, prog.loss_count), "epoch_time_s": prog.seconds,
+                "img_per_s": prog.loss_count * cfg.batch_size / max(prog.seconds, 1e-9)}
+        if self.dp:
+            last.update(self.dp.report())  # privacy spent so far, every epoch
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            last.update(self.evaluate())
+            score = last.get("ema_test_top1", last["test_top1"])
+            if score > self.best_top1:
+                self.save("best.safetensors", {"metrics": last, "best_top1": score})
+                self.best_top1 = score
+        self.logger.log(last)
+        self.progress = Progress(loss_start=prog.loss_start, above=prog.above, metrics=last)
+        self.save("last.safetensors", {"metrics": last})
+        if self.dist.main:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in last.items() if k != "kind"))
+        return last
+
+    def _watch_divergence(self, loss: float) -> None:
+        """Stop (or warn, ``cfg.divergence``) when the loss stays far above its start: a finite but
+        exploding run otherwise burns its whole budget before anyone looks."""
+        cfg, prog = self.cfg, self.progress
+        if cfg.divergence == "off":
+            return
+        if prog.loss_start is None:
+            prog.loss_start = loss
+        level = cfg.divergence_factor * max(prog.loss_start, math.log(self.meta_static["num_classes"]))
+        prog.above = prog.above + 1 if loss > level else 0
+        if prog.above != cfg.divergence_patience:
+            return
+        msg = (f"the training loss has stayed above {level:.4g} ({cfg.divergence_factor:g} x its start "
+               f"{prog.loss_start:.4g}) for {prog.above} steps and is {loss:.4g} at step {self.step}: the run is "
+               f"diverging. Try a lower --lr (now {cfg.lr:g}), adaptive gradient clipping (--agc-clip 0.01"
+               f"{', now ' + format(cfg.agc_clip, 'g') if cfg.agc_clip else ''}) or a longer --warmup-epochs "
+               f"(now {cfg.warmup_epochs:g})")
+        if cfg.divergence == "warn":
+            warnings.warn(msg, stacklevel=2)
+            return
+        raise NormfreeError(f"{msg}; training stopped without writing a checkpoint, so the last one in "
+                            f"{self.run_dir} is intact (--divergence warn only warns)")
+
+    def _already_finished(self) -> dict[str, Any]:
+        """Resuming a complete run: say so, or, if it was killed before writing its summary, write it."""
+        path = self.run_dir / "summary.json"
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+        if summary.get("steps") == self.step:
+            raise ConfigError(f"the run in {self.run_dir} is already finished ({self.step} steps, "
+                              f"{self.cfg.epochs} epochs, best top-1 {self.best_top1:.2f}); to train it longer "
+                              f"resume with --epochs above {self.cfg.epochs}")
+        warnings.warn(f"the run in {self.run_dir} had finished training but not written summary.json; "
+                      "writing it from the last checkpoint", stacklevel=3)
+        return self._finish(self.progress.metrics, 0.0, 0)
 
     def _finish(self, last: dict[str, Any], wall: float, steps: int) -> dict[str, Any]:
         summary = {"model": self.cfg.model, "data": self.cfg.data, "steps": self.step, "epochs_done":
@@ -407,7 +467,7 @@ class Trainer:
         if self.dist.enabled:
             summary["ddp_max_param_diff"] = self.dist.max_param_diff(list(self.model.parameters()))
         if self.dist.main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             if self.step >= self.total_steps:
                 plot_run(self.run_dir)
         return summary
