@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -56,14 +57,15 @@ def _run(args: argparse.Namespace) -> None:
     for seed in range(args.seed, args.seed + args.seeds):
         out = Path(args.out) / f"s{seed}" if args.out else None
         if out is not None and (out / "result.json").is_file() and not args.rerun:
-            row = {k: v for k, v in json.loads((out / "result.json").read_text()).items() if k != "settings"}
+            saved = json.loads((out / "result.json").read_text())
+            if saved.get("settings") != json.loads(json.dumps(dataclasses.asdict(recipe))):
+                raise ConfigError(f"{out} holds a result of other settings; use another --out or --rerun")
+            row = {k: v for k, v in saved.items() if k != "settings"}
             print(f"seed {seed}: finished earlier ({out / 'result.json'})")
         else:
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                if args.rerun:  # from scratch: neither the result nor the checkpoint is kept
-                    (out / "result.json").unlink(missing_ok=True)
-                    (out / "checkpoint.safetensors").unlink(missing_ok=True)
+            if out is not None and args.rerun:  # from scratch: neither the result nor the checkpoint is kept
+                (out / "result.json").unlink(missing_ok=True)
+                (out / "checkpoint.safetensors").unlink(missing_ok=True)
             row = train(recipe, data, seed, device, out, eval_every=args.eval_every,
                         log=lambda s, seed=seed: print(f"[seed {seed}] {s}", flush=True))
         rows.append(row)

@@ -300,7 +300,10 @@ def train(recipe: SpeedrunRecipe, data: tuple[tuple[torch.Tensor, torch.Tensor],
     init_n = min(recipe.data_init_images, len(x_train)) if model.normalizer_free else 0
     init_macs = model.whiten.fit_macs(whiten_n) + macs * init_n
     optimizer = build_optimizer(model, recipe)
-    ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
+    ckpt = None
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        ckpt = Path(out_dir) / "checkpoint.safetensors"
     start_epoch, step, wall = 0, 0, 0.0
     lookahead: Lookahead | None = None
     if ckpt is not None and ckpt.is_file():
@@ -361,9 +364,9 @@ def train(recipe: SpeedrunRecipe, data: tuple[tuple[torch.Tensor, torch.Tensor],
                 f"time {wall:.1f}s")
         if eval_every and (epoch + 1) % eval_every == 0 and step < total:
             line += f" test_top1 {evaluate(model, x_test, y_test, 0)[0]:.2f}"
-        log(line)
         if ckpt is not None:
             _save(ckpt, model, optimizer, lookahead, recipe, seed, epoch + 1, step, wall)
+        log(line)
     _sync(device)
     t0 = time.perf_counter()
     top1, top1_tta = evaluate(model, x_test, y_test, recipe.tta_level)
