@@ -246,3 +246,61 @@ def test_standardize_and_bad_settings():
         get_recipe("nope")
     with pytest.raises(ConfigError):
         AlternatingFlipLoader(_images(3), torch.arange(3), 4, 0)
+
+
+def test_lane_runner_and_summarizer_at_tiny_size(tmp_path):
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    (tmp_path / "data").mkdir()
+    data = _npz_dir(tmp_path / "data")
+    tiny = {"model_kwargs": {"widths": [8, 16, 16]}, "epochs": 1.0, "batch_size": 64, "whiten_images": 64,
+            "train_subset": 128, "test_subset": 32}
+    plan = {"stages": [{"name": "tiny", "table": "tiny", "common": tiny, "runs": [
+        {"name": "bn", "recipe": "airbench94", "seeds": [0]},
+        {"name": "nf", "recipe": "nf_speedrun", "seeds": [0], "set": {"data_init_images": 64}}]}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    env = {**os.environ, "DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
+    lanes = [sys.executable, str(root / "benchmarks/speedrun/lanes.py"), "--plan", str(tmp_path / "plan.yaml"),
+             "--exp", str(tmp_path / "exp"), "--threads", "1"]
+    subprocess.run(lanes, check=True, env=env, cwd=root, capture_output=True)
+    listing = subprocess.run([*lanes, "--list"], check=True, env=env, cwd=root, capture_output=True, text=True)
+    assert listing.stdout.split() == ["done", "tiny/bn/s0", "done", "tiny/nf/s0"]
+    run_dir = tmp_path / "exp" / "tiny" / "nf" / "s0"
+    assert not (run_dir / "checkpoint.safetensors").exists()
+    assert "--set=data_init_images=64" in (run_dir / "command.txt").read_text()
+    subprocess.run([sys.executable, str(root / "benchmarks/speedrun/summarize.py"), "--exp", str(tmp_path / "exp"),
+                    "--out", str(tmp_path)], check=True, cwd=root, capture_output=True)
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["net", "model", "recipe", "seed", "epochs", "train_images_seen", "macs_per_image",
+                             "train_pflop", "top1", "top1_tta", "wall_s", "device"]
+    assert [r["net"] for r in rows] == ["bn", "nf"] and rows[0]["train_images_seen"] == "128"
+    assert rows[1]["recipe"] == "nf_speedrun+widths=[8, 16, 16]+epochs=1.0+batch_size=64+whiten_images=64" \
+        "+data_init_images=64"  # the levers changed relative to the recipe
+    assert "| tiny | nf |" in (tmp_path / "results.md").read_text()
+
+
+def test_data_shards_round_trip(tmp_path):
+    import importlib.util
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("shards", root / "benchmarks/speedrun/shards.py")
+    shards = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shards)
+    (tmp_path / "data").mkdir()
+    src = _npz_dir(tmp_path / "data", n_train=300, n_test=50)
+    shards.split(src, tmp_path / "parts", max_mb=0.5)
+    parts = sorted(p.name for p in (tmp_path / "parts").iterdir())
+    assert len(parts) >= 2
+    assert all(sum(f.stat().st_size for f in (tmp_path / "parts" / p).iterdir()) < 0.55 * 2**20 for p in parts)
+    shards.join(tmp_path / "parts", tmp_path / "joined")
+    for split in ("train", "test"):
+        a, b = np.load(src / f"{split}.npz"), np.load(tmp_path / "joined" / f"{split}.npz")
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["y"], b["y"])

@@ -53,6 +53,12 @@ def _run(args: argparse.Namespace) -> None:
     data = load_cifar(args.data, device, args.train_subset, args.test_subset)
     print(f"speedrun {recipe.name} ({recipe.model}) on {device}: {len(data[0][1])} train / "
           f"{len(data[1][1])} test images, {recipe.epochs} epochs at batch {recipe.batch_size}")
+    if device.type == "cuda" and not args.no_warmup:
+        # untimed throwaway steps, so that cuDNN autotuning is not in the first run's wall time
+        (x, y), (xt, yt) = data
+        steps = min(10, len(y) // recipe.batch_size)
+        train(recipe.replace(epochs=steps / max(len(y) // recipe.batch_size, 1)), ((x, y), (xt[:2000], yt[:2000])),
+              args.seed, device, log=lambda s: None)
     rows = []
     for seed in range(args.seed, args.seed + args.seeds):
         out = Path(args.out) / f"s{seed}" if args.out else None
@@ -100,5 +106,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images")
     p.add_argument("--test-subset", type=int, default=0, help="use only the first N test images")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--no-warmup", action="store_true", help="CUDA: skip the untimed warm-up steps")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.set_defaults(func=_run)
