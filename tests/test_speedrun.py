@@ -52,6 +52,9 @@ def test_shapes_and_counted_macs(name):
     model = normfree.create_model(name)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert normfree.create_model(name, num_classes=7, **TINY)(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    for bad in ({"num_classes": 0}, {"widths": (8, 16)}):
+        with pytest.raises(normfree.errors.ModelSpecError):
+            normfree.create_model(name, **bad)
     # hand count of the airbench94 layout: 2x2 unpadded whitening conv (32 -> 31), then 3x3 convs at
     # 31 / 15 / 15 / 7 / 7 / 3 px after the floor max-pools, and the 256 -> 10 classifier
     convs = [(24, 12, 31, 1), (64, 24 * 9, 31, 1), (64, 64 * 9, 15, 1), (256, 64 * 9, 15, 1),

@@ -138,6 +138,8 @@ class SpeedrunNet(nn.Module):
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
             raise ModelSpecError(f"widths must be three positive channel counts, got {tuple(widths)}")
+        if num_classes < 1:
+            raise ModelSpecError(f"num_classes must be at least 1, got {num_classes}")
         self.normalizer_free = normalizer_free
         self.whiten = PatchWhitening(in_chans, whiten_kernel, whiten_eps)
         self.act0 = GammaAct("gelu_exact", gamma=1.0)  # whitened input has unit variance already
