@@ -19,10 +19,11 @@ The recipe (Jordan 2024, airbench94), re-implemented here from its description:
    half with the same for the image translated by one pixel up-left and down-right (reflect padding).
 
 The normalizer-free recipe keeps all of this and adds the one-batch data-dependent init of
-:meth:`normfree.models.speedrun.SpeedrunNet.init_from_data` and optional AGC; the WS gains get no
-weight decay, and the WS conv biases (BN shifts' counterpart) train at the plain lr: with nothing to
-re-standardize the next layer's input, airbench's 64× bias lr blew the NF net up at the lr peak in a
-short CPU probe (see benchmarks/speedrun/README.md).
+:meth:`normfree.models.speedrun.SpeedrunNet.init_from_data` and AGC (λ = 0.02, classifier excluded);
+the WS gains get no weight decay, and the WS conv biases (BN shifts' counterpart) train at the plain
+lr: with nothing to re-standardize the next layer's input, airbench's 64× bias lr blew the NF net up
+at the lr peak in a short CPU probe, and AGC with the plain bias lr trained best there
+(benchmarks/speedrun/README.md).
 
 Training FLOPs are counted, not estimated: ``6 × count_macs(model, 32) × training images processed``
 plus ``2 ×`` the multiply-adds of the one-off passes (whitening statistics, data-dependent init).
@@ -99,7 +100,7 @@ RECIPES: dict[str, SpeedrunRecipe] = {r.name: r for r in (
                    "the airbench94 BatchNorm reference (94.01 % published with TTA, 9.9 epochs)"),
     SpeedrunRecipe("nf_speedrun", "nf_cifar_speedrun", "nf",
                    "normalizer-free: airbench94 recipe + Scaled WS, γ-GELU, one-batch data-dependent init",
-                   data_init_images=1024, bias_lr_scale=1.0),
+                   data_init_images=1024, bias_lr_scale=1.0, agc_clip=0.02),
 )}
 
 
