@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from .errors import NormfreeError
 
-SUBCOMMANDS = ("demo", "models", "spp", "train", "recipes", "eval", "convert", "bench", "compare")
+SUBCOMMANDS = ("demo", "models", "spp", "train", "recipes", "eval", "convert", "bench", "compare", "speedrun")
 """Modules of :mod:`normfree.commands`; each defines ``add_parser(subparsers)`` that sets ``func``."""
 
 

@@ -5,6 +5,7 @@ from .net import ResidualNetwork
 from .resnet import IMAGENET_DEPTHS, resnet
 from .regnet import NF_REGNET_VARIANTS, nf_regnet
 from .nfnet import NFNET_VARIANTS, nfnet
+from . import speedrun  # noqa: F401  (registers the speedrun nets)
 
 __all__ = ["ConvSpec", "ResidualBlock", "build_stages", "ResidualNetwork", "IMAGENET_DEPTHS", "resnet",
            "BASELINES", "fixup_init", "fixup_param_groups", "revisited_bn_param_groups",

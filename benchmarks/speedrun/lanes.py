@@ -1,0 +1,103 @@
+"""Run the speedrun plan (plan.yaml) as resumable lanes, on CPU cores or one GPU.
+
+Each lane takes the next run of the plan that is neither finished nor held by a live lane and trains it
+with ``normfree speedrun`` into ``exp/<table>/<name>/s<seed>/`` (checkpoint after every epoch,
+``result.json`` when done, ``stdout.log``, ``command.txt``). An interrupted run continues from its
+checkpoint the next time a lane reaches it. Plan order, lock files and logging are those of the
+CIFAR-10 NF-vs-BN lanes (imported from ``benchmarks/cifar10_nf_vs_bn/lanes.py``).
+
+Usage (repository root)::
+
+    DATA_DIR=path/to/cifar10_npz OMP_NUM_THREADS=1 python benchmarks/speedrun/lanes.py --threads 1
+    python benchmarks/speedrun/lanes.py --list
+    DATA_DIR=... python benchmarks/speedrun/lanes.py --device cuda --stage headline
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("nf_vs_bn_lanes", HERE.parent / "cifar10_nf_vs_bn" / "lanes.py")
+assert _spec is not None and _spec.loader is not None
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def runs(plan: dict[str, Any], exp: Path, stage: str | None = None) -> list[dict[str, Any]]:
+    """The plan's runs in execution order, each with its run folder under ``exp``."""
+    out = []
+    for run in common.expand(plan, stage):
+        values = dict(run["values"])
+        values.pop("seed")
+        out.append({**run, "values": values, "cell": exp / run["table"] / run["name"],
+                    "dir": exp / run["table"] / run["name"] / f"s{run['seed']}"})
+    return out
+
+
+def command(run: dict[str, Any], data: str, device: str, threads: int) -> list[str]:
+    """``normfree speedrun`` for one seed; plan values become ``--set KEY=VALUE`` except CLI flags."""
+    values = dict(run["values"])
+    flags = [f"--{k.replace('_', '-')}={values.pop(k)}" for k in ("train_subset", "test_subset") if k in values]
+    sets = [f"--set={k}={v!r}" for k, v in values.items()]
+    return [sys.executable, "-m", "normfree.cli", "speedrun", "--recipe", run["recipe"], "--data", data,
+            "--device", device, "--seed", str(run["seed"]), "--out", os.path.relpath(run["cell"]),
+            *(["--threads", str(threads)] if threads else []), *flags, *sets]
+
+
+def state(run: dict[str, Any]) -> str:
+    d = run["dir"]
+    if (d / "failed").exists():
+        return "failed"
+    if (d / "result.json").exists():
+        return "done"
+    return "partial" if (d / "checkpoint.safetensors").exists() else "todo"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", default=str(HERE / "plan.yaml"))
+    parser.add_argument("--exp", default=str(HERE / "exp"), help="folder of the run folders")
+    parser.add_argument("--stage", help="run only this stage of the plan")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (default: torch's)")
+    parser.add_argument("--list", action="store_true", help="print every run with its state and exit")
+    args = parser.parse_args()
+    plan = yaml.safe_load(Path(args.plan).read_text())
+    todo = runs(plan, Path(args.exp), args.stage)
+    if args.list:
+        for r in todo:
+            print(f"{state(r):8s} {r['table']}/{r['name']}/s{r['seed']}")
+        return 0
+    data_dir = os.environ.get("DATA_DIR")
+    if not data_dir or not (Path(data_dir) / "train.npz").exists():
+        print("set DATA_DIR to a folder holding train.npz and test.npz", file=sys.stderr)
+        return 2
+    for run in todo:
+        if state(run) in ("done", "failed") or not common.claim(run["dir"]):
+            continue
+        cmd = command(run, f"npz:{os.path.relpath(data_dir)}", args.device, args.threads)
+        shown = " ".join(["normfree", *cmd[3:]])
+        (run["dir"] / "command.txt").write_text(shown + "\n")
+        print(f"[{time.strftime('%H:%M:%S')}] {run['table']}/{run['name']}/s{run['seed']}: {shown}", flush=True)
+        rc = common.run_logged(cmd, run["dir"] / "stdout.log", dict(os.environ))
+        (run["dir"] / ".lane.lock").unlink(missing_ok=True)
+        print(f"[{time.strftime('%H:%M:%S')}] exit {rc}", flush=True)
+        if rc in common.INTERRUPTED:
+            return rc
+        if rc:
+            (run["dir"] / "failed").write_text(f"{rc}\n")
+        else:  # result.json holds everything; the checkpoint only served a resume
+            (run["dir"] / "checkpoint.safetensors").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
