@@ -15,13 +15,15 @@ from torch import nn
 
 from .activations import GammaAct, get_gamma
 from .conv import Padding, ScaledStdConv2d, conv2d
-from .norms import BatchNorm2d, EvoNormB0, EvoNormS0, GroupNorm2d, ScalarBias
+from .norms import BatchNorm2d, EvoNormB0, EvoNormS0, GroupNorm2d, ScalarBias, SumScale
+from .proxynorm import GroupProxyNormAct, LayerNorm2d, LayerProxyNormAct
 
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "bn": BatchNorm2d, "gn": GroupNorm2d, "evonorm_b0": EvoNormB0, "evonorm_s0": EvoNormS0,
+    "ln": LayerNorm2d, "ln_pn": LayerProxyNormAct, "gn_pn": GroupProxyNormAct,
 }
 """Normalization layers selectable by name; each is constructed as ``cls(channels, **norm_kwargs)``.
-Those with ``fused_act = True`` (EvoNorms) include the nonlinearity and replace ``norm → act``."""
+Those with ``fused_act = True`` (EvoNorms, Proxy Norms) include the nonlinearity and replace ``norm → act``."""
 
 NormOrder = Literal["norm_act", "act_norm"]
 
@@ -45,6 +47,8 @@ class LayerFactory:
             before every conv and activation, the activation moved after the residual sum.
         gamma_in_act: with ``ws="timm"``, keep γ in the activations instead of the convs (timm's
             ``dm_nfnet_*`` models); official WS always has it there.
+        weighted_sum: a fixed :class:`~normfree.layers.norms.SumScale` after every residual sum (and
+            the stem), set by AutoInit to keep the residual stream at unit variance.
     """
 
     act: str = "relu"
@@ -56,6 +60,7 @@ class LayerFactory:
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
     fixup: bool = False
     gamma_in_act: bool = False
+    weighted_sum: bool = False
 
     def __post_init__(self) -> None:
         get_gamma(self.act)  # validates the name
@@ -72,6 +77,8 @@ class LayerFactory:
                              "norm_order='norm_act'")
         if self.fixup and (self.norm is not None or self.std_conv):
             raise ValueError("Fixup is normalizer-free with plain convs: norm=None, std_conv=False")
+        if self.weighted_sum and (self.fixup or not self.normalizer_free):
+            raise ValueError("the weighted residual sum is for normalizer-free nets without Fixup")
 
     @property
     def fused_act(self) -> bool:
@@ -123,7 +130,10 @@ class LayerFactory:
         return ScalarBias() if self.fixup else self.act_layer(channels, scale)
 
     def post_layer(self) -> nn.Module | None:
-        """Applied after the residual sum (and after the stem conv): only Fixup, ``bias → act``."""
+        """Applied after the residual sum (and after the stem conv): Fixup's ``bias → act``, or the
+        weighted sum's scale."""
+        if self.weighted_sum:
+            return SumScale()
         if not self.fixup:
             return None
         return nn.Sequential(OrderedDict(bias=ScalarBias(), act=GammaAct(self.act, gamma=1.0)))

@@ -56,7 +56,7 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
            padding: Padding = "same", shortcut: ShortcutKind = "conv",
            stochdepth_scale: bool = False, fc_init_std: float = 0.01, in_chans: int = 3,
            norm_order: NormOrder = "norm_act", norm_kwargs: dict[str, Any] | None = None,
-           input_norm: bool = False, fixup: bool = False) -> ResNet:
+           input_norm: bool = False, fixup: bool = False, weighted_sum: bool = False) -> ResNet:
     """Build an NF-ResNet (``norm=None``) or its normalized twin.
 
     Args:
@@ -81,6 +81,7 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         fixup: Fixup (Zhang et al. 2019): post-activation blocks with scalar biases, the skip gain as
             the per-branch multiplier (pass ``skipinit_gain=1``, ``alpha=None``, ``std_conv=False``),
             and Fixup's initialization (:func:`~normfree.models.baselines.fixup_init`).
+        weighted_sum: a fixed scale after every residual sum, for AutoInit (:func:`normfree.init.autoinit`).
     """
     depths = _stage_depths(depth, small_input)
     if width <= 0:
@@ -89,7 +90,8 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
         raise ValueError("Fixup has no α/β and its branch multiplier starts at 1: "
                          "pass alpha=None and skipinit_gain=1")
     layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding,
-                          norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup)
+                          norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup,
+                          weighted_sum=weighted_sum)
     first = {}
     if input_norm:
         first["input_norm"] = input_batch_norm(in_chans, layers.norm_kwargs.get("scale_init", 1.0))

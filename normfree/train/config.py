@@ -58,6 +58,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     tta_flip: bool = False          # also score the mean logits of each test image and its mirror (test_top1_flip)
     recipe: str = ""                # the named recipe these values started from (recorded, see normfree recipes)
+    init: str = "auto"              # default | auto (the baseline's: gradinit_*, autoinit_*) | autoinit | gradinit[:key=value,...]
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),

@@ -23,6 +23,7 @@ from .agc import agc_params, clip_grad_agc_
 from .checkpoint import load_checkpoint, save_checkpoint, split_prefix
 from .config import TrainConfig
 from .data import ArrayData, FolderData, load_data, mix_batch, pad_crop_flip, step_generator
+from .init import initialize_model
 from .distributed import Dist, init_distributed, resolve_device
 from .metrics import MetricLogger, plot_run
 from .optim import ModelEMA, build_param_groups, lr_at
@@ -161,6 +162,7 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
 
+        self.init_info = None if ckpt else initialize_model(self)  # --init: GradInit / AutoInit
         role_lr_scale = {"skip_gain": cfg.skip_gain_lr_scale, "gain": cfg.gain_lr_scale, "bias": cfg.bias_lr_scale}
         groups = build_param_groups(self.model, cfg.param_groups, cfg.lr, cfg.weight_decay, role_lr_scale)
         self.opt = torch.optim.SGD(groups, lr=cfg.lr,
