@@ -15,7 +15,9 @@ from tqdm import tqdm
 from ..analysis import SPPResult, diagnose, plot_spp, save_csv, save_json, signal_propagation
 from ..analysis.spp import make_inputs
 from ..errors import NormfreeError
+from ..init import autoinit
 from ..registry import create_model, get_entry
+from ..train.init import parse_init
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -83,7 +85,11 @@ def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
 def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = None,
             skipinit_gain: float | None = None, checkpoint: str | None = None, data: str | None = None,
             gradients: bool = False, seed: int = 0, device: str = "cpu") -> list[SPPResult]:
-    """Build each model spec (``NAME[:key=value,...]``), measure its SPP; results are labelled by spec."""
+    """Build each model spec (``NAME[:key=value,...]``), measure its SPP; results are labelled by spec.
+
+    ``autoinit_*`` nets are measured after AutoInit, which training applies before the first step; the
+    data-dependent GradInit (``gradinit_*``) is not applied here (see benchmarks/baselines_cifar10/spp_init.py).
+    """
     if checkpoint and len(specs) != 1:
         raise NormfreeError("--checkpoint needs exactly one model")
     results = []
@@ -95,6 +101,8 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
         model = create_model(name, **kwargs)
         if checkpoint:
             load_checkpoint(model, checkpoint)
+        elif parse_init("auto", name)[0] == "autoinit":  # data-free: measure as training starts
+            autoinit(model)
         model.to(device)
         size = input_size or int(getattr(model, "input_size", 224))
         if data:

@@ -20,7 +20,7 @@ from .proxynorm import GroupProxyNormAct, LayerNorm2d, LayerProxyNormAct
 
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "bn": BatchNorm2d, "gn": GroupNorm2d, "evonorm_b0": EvoNormB0, "evonorm_s0": EvoNormS0,
-    "ln": LayerNorm2d, "ln_pn": LayerProxyNormAct, "gn_pn": GroupProxyNormAct,
+    "layernorm": LayerNorm2d, "ln_pn": LayerProxyNormAct, "gn_pn": GroupProxyNormAct,
 }
 """Normalization layers selectable by name; each is constructed as ``cls(channels, **norm_kwargs)``.
 Those with ``fused_act = True`` (EvoNorms, Proxy Norms) include the nonlinearity and replace ``norm → act``."""

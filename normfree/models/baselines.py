@@ -50,7 +50,7 @@ BASELINES: dict[str, Baseline] = {
                          {**_RECIPE, "skipinit_gain": 0.0}),
     "lnpn": Baseline("LayerNorm + Proxy Norm", {"norm": "ln_pn"}, BASE_DEFAULTS),
     "gnpn": Baseline("GroupNorm + Proxy Norm", {"norm": "gn_pn"}, _GN8),
-    "ln": Baseline("LayerNorm (Proxy Norm ablation)", {"norm": "ln"}, BASE_DEFAULTS),
+    "ln": Baseline("LayerNorm (Proxy Norm ablation)", {"norm": "layernorm"}, BASE_DEFAULTS),
     "gn": Baseline("GroupNorm (Proxy Norm ablation)", {"norm": "gn"}, _GN8),
     "gradinit": Baseline("GradInit on a plain BN-free net", _PLAIN, _RECIPE, init="gradinit"),
     "autoinit": Baseline("AutoInit on a plain BN-free net", {**_PLAIN, "weighted_sum": True}, _RECIPE,
