@@ -17,14 +17,7 @@ from normfree.init.gradinit import first_step
 from normfree.layers import GAMMAS, get_activation
 from normfree.layers.proxynorm import GroupProxyNormAct, LayerProxyNormAct, gaussian_quantiles
 from normfree.train.init import parse_init
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_train_loop import one_thread  # noqa: F401  (autouse: one intra-op thread for these tiny tensors)
 
 
 def relu_gaussian_moments(mean, std):
