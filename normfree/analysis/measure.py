@@ -18,7 +18,9 @@ from ..errors import ConfigError, DataError
 from ..resources import check_batch_fits
 from ..safeio import one_line
 from ..registry import create_model, get_entry, parse_model_spec
+from ..init import autoinit
 from ..train.checkpoint import load_weights
+from ..train.init import parse_init
 from .diagnose import diagnose
 from .plot import plot_spp
 from .spp import SPPResult, _input_channels, make_inputs, save_csv, save_json, signal_propagation
@@ -53,7 +55,11 @@ def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
 def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = None,
             skipinit_gain: float | None = None, checkpoint: str | None = None, data: str | None = None,
             gradients: bool = False, seed: int = 0, device: str = "cpu") -> list[SPPResult]:
-    """Build each model spec (``NAME[:key=value,...]``), measure its SPP; results are labelled by spec."""
+    """Build each model spec (``NAME[:key=value,...]``), measure its SPP; results are labelled by spec.
+
+    ``autoinit_*`` nets are measured after AutoInit, which training applies before the first step; the
+    data-dependent GradInit (``gradinit_*``) is not applied here (see benchmarks/baselines_cifar10/spp_init.py).
+    """
     if checkpoint and len(specs) != 1:
         raise ConfigError(f"--checkpoint needs exactly one model, got {len(specs)} model specs")
     results = []
@@ -65,6 +71,8 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
         model = create_model(name, **kwargs)
         if checkpoint:
             load_weights(model, checkpoint)
+        elif parse_init("auto", name)[0] == "autoinit":  # data-free: measure as training starts
+            autoinit(model)
         size = input_size or int(getattr(model, "input_size", 224))
         check_batch_fits(model, (batch, _input_channels(model) or 3, size, size), device, gradients)
         model.to(device)

@@ -9,7 +9,7 @@ def _run(args: argparse.Namespace) -> None:
     from ..train.compare import compare
 
     extra = {k: v for k, v in (("weight_decay", args.weight_decay), ("warmup_epochs", args.warmup_epochs),
-                               ("eval_batch_size", args.eval_batch_size)) if v is not None}
+                               ("eval_batch_size", args.eval_batch_size), ("init", args.init)) if v is not None}
     compare(args.models, args.data, args.out, batch_sizes=args.batch_sizes, epochs=args.epochs, lr=args.lr,
             lr_batch=args.lr_batch, train_subset=args.train_subset, test_subset=args.test_subset,
             spp_batch=args.spp_batch, spp_skipinit_gain=args.spp_skipinit_gain, seed=args.seed,
@@ -37,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--init", help="initialization for every run: auto (default: gradinit_*/autoinit_* get "
+                                  "theirs), default, autoinit, gradinit[:key=value,...]")
     p.add_argument("--spp-batch", type=int, default=16)
     p.add_argument("--spp-skipinit-gain", type=float,
                    help="for the figure only: initial skip gain of the NF nets (officially 0: flat curves)")

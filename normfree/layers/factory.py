@@ -17,13 +17,15 @@ from torch import nn
 from ..errors import ModelSpecError
 from .activations import GammaAct, get_gamma
 from .conv import HeConv2d, Padding, ScaledStdConv2d
-from .norms import BatchNorm2d, EvoNormB0, EvoNormS0, GroupNorm2d, ScalarBias
+from .norms import BatchNorm2d, EvoNormB0, EvoNormS0, GroupNorm2d, ScalarBias, SumScale
+from .proxynorm import GroupProxyNormAct, LayerNorm2d, LayerProxyNormAct
 
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "bn": BatchNorm2d, "gn": GroupNorm2d, "evonorm_b0": EvoNormB0, "evonorm_s0": EvoNormS0,
+    "layernorm": LayerNorm2d, "ln_pn": LayerProxyNormAct, "gn_pn": GroupProxyNormAct,
 }
 """Normalization layers selectable by name; each is constructed as ``cls(channels, **norm_kwargs)``.
-Those with ``fused_act = True`` (EvoNorms) include the nonlinearity and replace ``norm → act``."""
+Those with ``fused_act = True`` (EvoNorms, Proxy Norms) include the nonlinearity and replace ``norm → act``."""
 
 NormOrder = Literal["norm_act", "act_norm"]
 
@@ -49,6 +51,8 @@ class LayerFactory:
             ``dm_nfnet_*`` models); official WS always has it there.
         device / dtype: where and in which dtype every layer's parameters are created (PyTorch's
             factory kwargs; ``device="meta"`` builds a network without allocating its weights).
+        weighted_sum: a fixed :class:`~normfree.layers.norms.SumScale` after every residual sum (and
+            the stem), set by AutoInit to keep the residual stream at unit variance.
     """
 
     act: str = "relu"
@@ -62,6 +66,7 @@ class LayerFactory:
     gamma_in_act: bool = False
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
+    weighted_sum: bool = False
 
     def __post_init__(self) -> None:
         get_gamma(self.act)  # validates the name
@@ -78,6 +83,8 @@ class LayerFactory:
                              "norm_order='norm_act'")
         if self.fixup and (self.norm is not None or self.std_conv):
             raise ModelSpecError("Fixup is normalizer-free with plain convs: norm=None, std_conv=False")
+        if self.weighted_sum and (self.fixup or not self.normalizer_free):
+            raise ModelSpecError("the weighted residual sum is for normalizer-free nets without Fixup")
 
     @property
     def fused_act(self) -> bool:
@@ -134,7 +141,10 @@ class LayerFactory:
         return self.scalar_bias() if self.fixup else self.act_layer(channels, scale)
 
     def post_layer(self) -> nn.Module | None:
-        """Applied after the residual sum (and after the stem conv): only Fixup, ``bias → act``."""
+        """Applied after the residual sum (and after the stem conv): Fixup's ``bias → act``, or the
+        weighted sum's scale."""
+        if self.weighted_sum:
+            return SumScale()
         if not self.fixup:
             return None
         return nn.Sequential(OrderedDict(bias=self.scalar_bias(), act=GammaAct(self.act, gamma=1.0)))

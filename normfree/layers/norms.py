@@ -9,7 +9,8 @@ Each is built as ``cls(channels, **options)`` through :data:`~normfree.layers.NO
   layer (``fused_act = True``), B0 batch-dependent with running statistics, S0 batch-independent.
 
 Also the two small pieces of other baselines: :func:`input_batch_norm` (revisited BN's online
-normalization of raw images) and :class:`ScalarBias` (Fixup's scalar biases).
+normalization of raw images), :class:`ScalarBias` (Fixup's scalar biases) and :class:`SumScale`
+(AutoInit's weighted residual sum).
 """
 from __future__ import annotations
 
@@ -160,3 +161,15 @@ class ScalarBias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias
+
+
+class SumScale(nn.Module):
+    """``x · c`` with a fixed scalar ``c`` (a buffer, so checkpoints keep it; 1 until set): AutoInit's
+    weighted residual sum, whose coefficient :func:`normfree.init.autoinit` sets to give unit variance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale

@@ -20,6 +20,10 @@ from .net import ResidualNetwork
 _RECIPE: dict[str, Any] = {"stochdepth_rate": 0.0, "fc_init_std": 0.0}
 BASE_DEFAULTS: dict[str, Any] = {"std_conv": False, **_RECIPE}
 """As the official BN baseline (``bn_*``): plain He-initialized convs, no stochastic depth, zero fc."""
+_GN8: dict[str, Any] = {**BASE_DEFAULTS, "norm_kwargs": {"groups": 8}}
+"""Proxy Norm's GN: 8 groups, so CIFAR widths (16–64) keep 2–8 channels per group (32 would be instance norm)."""
+_PLAIN: dict[str, Any] = {"alpha": None, "std_conv": False, "skipinit_gain": None}
+"""A plain BN-free ResNet: He-initialized convs, ``h + f(act(h))`` with no α, β or skip gain."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Baseline:
     fixed: dict[str, Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     param_groups: str = "default"  # the optimizer groups its paper prescribes (TrainConfig.param_groups)
+    init: str = "default"  # the initialization the trainer applies (TrainConfig.init "auto", normfree.init)
 
 
 BASELINES: dict[str, Baseline] = {
@@ -44,6 +49,13 @@ BASELINES: dict[str, Baseline] = {
                       {**_RECIPE, "skipinit_gain": 1.0}, "fixup"),
     "skipinit": Baseline("SkipInit", {"alpha": None, "std_conv": False},
                          {**_RECIPE, "skipinit_gain": 0.0}),
+    "lnpn": Baseline("LayerNorm + Proxy Norm", {"norm": "ln_pn"}, BASE_DEFAULTS),
+    "gnpn": Baseline("GroupNorm + Proxy Norm", {"norm": "gn_pn"}, _GN8),
+    "ln": Baseline("LayerNorm (Proxy Norm ablation)", {"norm": "layernorm"}, BASE_DEFAULTS),
+    "gn": Baseline("GroupNorm (Proxy Norm ablation)", {"norm": "gn"}, _GN8),
+    "gradinit": Baseline("GradInit on a plain BN-free net", _PLAIN, _RECIPE, init="gradinit"),
+    "autoinit": Baseline("AutoInit on a plain BN-free net", {**_PLAIN, "weighted_sum": True}, _RECIPE,
+                         init="autoinit"),
 }
 """Registered-name prefix → baseline (``bn_*``, BN→ReLU, is registered with the NF nets)."""
 

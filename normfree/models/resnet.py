@@ -62,8 +62,8 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
            padding: Padding = "same", shortcut: ShortcutKind = "conv",
            stochdepth_scale: bool = False, fc_init_std: float = 0.01, in_chans: int = 3,
            norm_order: NormOrder = "norm_act", norm_kwargs: dict[str, Any] | None = None,
-           input_norm: bool = False, fixup: bool = False, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> ResidualNetwork:
+           input_norm: bool = False, fixup: bool = False, weighted_sum: bool = False,
+           device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ResidualNetwork:
     """Build an NF-ResNet (``norm=None``) or its normalized twin.
 
     Args:
@@ -91,6 +91,7 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
             the per-branch multiplier (pass ``skipinit_gain=1``, ``alpha=None``, ``std_conv=False``),
             and Fixup's initialization (:func:`~normfree.models.baselines.fixup_init`).
         device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
+        weighted_sum: a fixed scale after every residual sum, for AutoInit (:func:`normfree.init.autoinit`).
     """
     depths = _stage_depths(depth, small_input)
     if width <= 0:
@@ -100,7 +101,7 @@ def resnet(depth: int | Sequence[int] = 50, *, small_input: bool = False, width:
                          "pass alpha=None and skipinit_gain=1")
     layers = LayerFactory(act=activation, norm=norm, std_conv=std_conv, ws=ws, padding=padding,
                           norm_order=norm_order, norm_kwargs=dict(norm_kwargs or {}), fixup=fixup,
-                          device=device, dtype=dtype)
+                          weighted_sum=weighted_sum, device=device, dtype=dtype)
     base_widths, strides = ((16, 32, 64), (1, 2, 2)) if small_input else ((64, 128, 256, 512), (1, 2, 2, 2))
     widths = [max(1, int(c * width)) for c in base_widths]
     stem_ch = 16 if small_input else max(1, int(16 * width))

@@ -94,6 +94,7 @@ class TrainConfig:
     divergence: str = "stop"        # stop | warn | off: a loss above divergence_factor × its start for a stretch
     divergence_factor: float = 4.0  # "far beyond": loss > factor × max(first loss, ln num_classes)
     divergence_patience: int = 50   # steps in a row above that level before stopping (or warning)
+    init: str = "auto"              # default | auto (the baseline's: gradinit_*, autoinit_*) | autoinit | gradinit[:key=value,...]
 
     def __post_init__(self) -> None:
         """Check every field against its domain (:data:`DOMAINS`) and the fields against each other, so

@@ -27,6 +27,7 @@ from .checkpoint import TRAIN_META_KEYS, load_checkpoint, save_checkpoint, split
 from .config import TrainConfig
 from .data import (ArrayData, FolderData, check_splits, load_data, mix_batch, pad_crop_flip, step_generator,
                    to_input)
+from .init import initialize_model
 from .distributed import Dist, init_distributed, resolve_device
 from .metrics import MetricLogger, plot_run
 from .optim import ModelEMA, build_param_groups, lr_at
@@ -113,6 +114,7 @@ class Trainer:
         num_classes, in_chans = self._init_data()
         self._init_model(num_classes, in_chans, meta)
         self._init_batching()
+        self.init_info = None if ckpt else initialize_model(self)  # --init: GradInit / AutoInit
         self._init_optimizer()
         self.step, self.best_top1, self.progress = 0, -1.0, Progress()
         self.elapsed_before, self.fit_start = 0.0, time.perf_counter()  # training wall time over all resumes

@@ -1,0 +1,293 @@
+"""Proxy Norm, GradInit and AutoInit: each tested against its defining property."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normfree
+from normfree.analysis import signal_propagation
+from normfree.analysis.moments import gaussian_moments
+from normfree.errors import ConfigError, ModelSpecError
+from normfree.init import autoinit, gradinit
+from normfree.init.gradinit import first_step
+from normfree.layers import GAMMAS, get_activation
+from normfree.layers.proxynorm import GroupProxyNormAct, LayerProxyNormAct, gaussian_quantiles
+from normfree.train.init import parse_init
+from test_train_loop import one_thread  # noqa: F401  (autouse: one intra-op thread for these tiny tensors)
+
+
+def relu_gaussian_moments(mean, std):
+    """Closed form of E, Var of relu(Y), Y ~ N(mean, std²) (an independent reference)."""
+    a = mean / std
+    cdf = 0.5 * (1 + torch.erf(a / math.sqrt(2)))
+    pdf = torch.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    m1 = mean * cdf + std * pdf
+    m2 = (mean**2 + std**2) * cdf + mean * std * pdf
+    return m1, m2 - m1**2
+
+
+# ---- Proxy Norm ----------------------------------------------------------------------------------
+def test_proxy_sample_is_a_standard_gaussian():
+    q = gaussian_quantiles(256, torch.float64)
+    assert abs(q.mean().item()) < 1e-12 and q.var(unbiased=False).item() == pytest.approx(1.0, abs=0.02)
+    assert torch.all(q[1:] > q[:-1])
+
+
+@pytest.mark.parametrize("cls", [LayerProxyNormAct, GroupProxyNormAct])
+def test_proxy_norm_post_activation_statistics_match_the_proxy(cls):
+    """Gaussian input: per channel, φ(γ·norm(x)+β) has the proxy's mean/variance (closed form for ReLU),
+    so the layer's output is standardized: channel means ≈ β̃ = 0, variances ≈ var/(var + ε̃)."""
+    torch.manual_seed(0)
+    layer = cls(16)
+    with torch.no_grad():  # away from the trivial γ = 1, β = 0
+        layer.weight.uniform_(0.5, 2.0)
+        layer.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(64, 16, 16, 16) * 3 + 1.5  # any scale and offset: the norm removes them
+    z = layer.pre_standardization(x)
+    m_ref, v_ref = relu_gaussian_moments(layer.bias.detach().double(), layer.weight.detach().double())
+    m_proxy, v_proxy = layer.proxy_moments()
+    assert torch.allclose(m_proxy.double(), m_ref, rtol=0.02, atol=0.01)  # 256 quantiles vs exact
+    assert torch.allclose(v_proxy.double(), v_ref, rtol=0.03, atol=0.01)
+    # the data (16384 values per channel) agree with the proxy to sampling error
+    assert torch.allclose(z.mean(dim=(0, 2, 3)).double(), m_ref, atol=0.04)
+    assert torch.allclose(z.var(dim=(0, 2, 3)).double(), v_ref, rtol=0.08, atol=0.02)
+    out = layer(x)
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 0.05
+    expected = (v_ref / (v_ref + layer.proxy_eps)).float()
+    assert torch.allclose(out.var(dim=(0, 2, 3)), expected, rtol=0.08)
+
+
+@pytest.mark.parametrize("prefix", ["lnpn", "gnpn", "ln", "gn"])
+def test_proxy_norm_nets_are_batch_independent(prefix):
+    """Each example's output is the same alone (batch 1) as in a batch, in training mode."""
+    torch.manual_seed(0)
+    model = normfree.create_model(f"{prefix}_cifar_resnet20", width=0.5).train()
+    for p in model.parameters():  # a zero classifier would make every output equal
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        batched = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(4)])
+    assert torch.allclose(batched, alone, rtol=1e-4, atol=1e-6)
+
+
+def test_batchnorm_net_is_not_batch_independent():
+    """Control for the test above: the same check catches a batch-dependent net."""
+    torch.manual_seed(0)
+    model = normfree.create_model("bn_cifar_resnet20", width=0.5, fc_init_std=0.1).train()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), torch.cat([model(x[:2]), model(x[2:])]), atol=1e-3)
+
+
+def test_proxy_norm_nets_have_the_extra_affine_and_the_ablation_twins_do_not():
+    pn = normfree.create_model("gnpn_cifar_resnet20")
+    gn = normfree.create_model("gn_cifar_resnet20")
+    layer = pn.stages[1][0].preact
+    assert isinstance(layer, GroupProxyNormAct) and layer.groups == 8  # 8 groups of 2 channels
+    names = {n.rsplit(".", 1)[-1] for n, _ in pn.named_parameters()}
+    assert {"tilde_weight", "tilde_bias"} <= names
+    assert not any("tilde" in n for n, _ in gn.named_parameters())
+    assert isinstance(normfree.create_model("lnpn_cifar_resnet20").final, LayerProxyNormAct)
+
+
+# ---- AutoInit ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu", "tanh", "elu"])
+def test_activation_moments_reproduce_the_gamma_table(act):
+    """γ = 1/std of the activation on N(0, 1): the official table is 0.01–0.09 % high (MC)."""
+    _, var = gaussian_moments(get_activation(act)[0], torch.zeros(1), torch.ones(1))
+    assert 1 / math.sqrt(var.item()) == pytest.approx(GAMMAS[act], rel=1e-3)
+
+
+def test_activation_moments_match_relu_closed_form():
+    mean, var = torch.tensor([-1.0, 0.0, 0.7, 2.0]), torch.tensor([0.3, 1.0, 2.0, 0.5])
+    m, v = gaussian_moments(torch.relu, mean, var)
+    m_ref, v_ref = relu_gaussian_moments(mean.double(), var.double().sqrt())
+    assert torch.allclose(m, m_ref, rtol=1e-4) and torch.allclose(v, v_ref, rtol=1e-4)
+
+
+def test_autoinit_gives_unit_block_variance_on_gaussian_input():
+    """The plain He-initialized net's SPP explodes; after AutoInit every block output (and branch) is
+    ≈ 1, as predicted. Tolerance: the mean-field prediction ignores zero padding, which adds a few %
+    per layer on the 8×8 maps of the last stage (measured up to 1.24 here)."""
+    torch.manual_seed(0)
+    model = normfree.create_model("autoinit_cifar_resnet20")
+    before = signal_propagation(model, input_shape=(32, 3, 32, 32))
+    assert before.var[-1] > 10
+    report = autoinit(model)
+    after = signal_propagation(model, input_shape=(32, 3, 32, 32))
+    assert report.block_var == pytest.approx([1.0] * 9)
+    assert all(0.85 < v < 1.3 for v in after.var), after.var
+    assert all(0.85 < v < 1.45 for v in after.res_var), after.res_var
+    assert after.stem_var == pytest.approx(1.0, abs=0.06)
+
+
+def test_autoinit_without_weighted_sum_matches_its_prediction():
+    """On an NF net (no weighted sum) the stream grows as predicted, 1 + k within a stage. Its
+    zero-sum WS weights keep channel means at 0, so zero padding can only remove variance: measured
+    ≤ predicted, by 6 % (32×32 maps) to 25 % (8×8 maps, where 44 % of positions touch the border)."""
+    torch.manual_seed(0)
+    model = normfree.create_model("nf_cifar_resnet20", skipinit_gain=1.0, alpha=1.0)
+    report = autoinit(model)
+    assert report.block_var == pytest.approx([2, 3, 4] * 3, rel=1e-6)
+    measured = signal_propagation(model, input_shape=(32, 3, 32, 32)).var
+    ratios = [m / p for m, p in zip(measured, report.block_var)]
+    assert all(0.7 < r < 1.02 for r in ratios), ratios
+    assert all(ratios[i] > 0.85 for i in range(3))
+
+
+def test_autoinit_scales_ws_gains_and_keeps_zero_weights():
+    torch.manual_seed(0)
+    model = normfree.create_model("nf_cifar_resnet20", width=0.5, fc_init_std=0.0)
+    conv = model.stem.conv.weight.clone()
+    report = autoinit(model)
+    assert not model.fc.weight.any() and "fc.weight" not in report.scales  # a zero classifier stays zero
+    assert torch.equal(model.stem.conv.weight, conv)  # WS re-standardizes W: its gain carries the scale
+    assert model.stem.conv.gain.unique().item() == pytest.approx(report.scales["stem.conv.gain"])
+
+
+def test_autoinit_names_unsupported_layers_and_changes_nothing():
+    model = normfree.create_model("bn_cifar_resnet20", width=0.5)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ModelSpecError, match=r"BatchNorm2d.*stages\.0\.0\.preact"):
+        autoinit(model)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ModelSpecError, match="SqueezeExcite"):
+        autoinit(normfree.create_model("nf_cifar_resnet20", width=0.25, use_se=True))
+
+
+# ---- GradInit ------------------------------------------------------------------------------------
+def toy_data(n_batches, batch=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(3 * 8 * 8, 10, generator=gen)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(batch, 3, 8, 8, generator=gen)
+        out.append((x, (x.flatten(1) @ w).argmax(1)))
+    return out
+
+
+def one_step_gain(model, s0, s1, eta, bound, kind="sgd"):
+    """Loss on S₁ before and after one simulated step on S₀, the step's gradient clipped to ‖g‖ ≤ bound."""
+    params = dict(model.named_parameters())
+    loss0 = F.cross_entropy(torch.func.functional_call(model, params, (s0[0],)), s0[1])
+    grads = torch.autograd.grad(loss0, list(params.values()))
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)) if kind == "sgd" else sum(g.abs().sum() for g in grads)
+    grads = [g * min(1.0, bound / float(norm)) for g in grads]
+    step = {n: p - eta * d for (n, p), d in zip(params.items(), first_step(grads, kind))}
+    with torch.no_grad():
+        before = F.cross_entropy(model(s1[0]), s1[1])
+        after = F.cross_entropy(torch.func.functional_call(model, step, (s1[0],)), s1[1])
+    return float(before), float(after)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_gradinit_first_step_lowers_the_loss_more_than_the_unscaled_model(kind):
+    """A plain BN-free net (He init, no skip gains): after GradInit, one step under the same gradient
+    bound lowers the held-out loss more than the same step from the unscaled init."""
+    torch.manual_seed(0)
+    model = normfree.create_model("gradinit_cifar_resnet20", width=0.25, fc_init_std=0.01)
+    reference = copy.deepcopy(model)
+    data = toy_data(42)
+    eta, bound = (0.1, 1.0) if kind == "sgd" else (1e-3, 50.0)
+    result = gradinit(model, data[:40], kind, iters=20, eta=eta, grad_bound=bound, lr=0.05, log_every=100)
+    assert result.iterations == 20 and len(result.scales) == len(list(model.parameters()))
+    assert all(s >= 1e-2 for s in result.scales.values())
+    assert any(abs(s - 1) > 0.05 for s in result.scales.values())
+    for n, p in model.named_parameters():  # the model holds scale · original weight
+        assert torch.allclose(p, dict(reference.named_parameters())[n] * result.scales[n])
+    first = result.history[0]  # at α = 1, recomputed independently: ‖g‖, then the post-step loss or ‖g‖
+    params = dict(reference.named_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(reference(data[0][0]), data[0][1]), list(params.values()))
+    norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)) if kind == "sgd" else sum(g.abs().sum() for g in grads))
+    assert first["grad_norm"] == pytest.approx(norm, rel=1e-5) and first["inside_bound"] == (norm <= bound)
+    want = one_step_gain(reference, data[0], data[1], eta, math.inf, kind)[1] if norm <= bound else norm
+    assert first["objective"] == pytest.approx(want, rel=1e-5)
+    s0, s1 = data[40], data[41]
+    b_ref, a_ref = one_step_gain(reference, s0, s1, eta, bound, kind)
+    b_new, a_new = one_step_gain(model, s0, s1, eta, bound, kind)
+    assert b_new - a_new > b_ref - a_ref + 1e-3, (b_ref, a_ref, b_new, a_new)
+    assert result.forward_passes >= 20 and result.backward_passes == 3 * 20
+
+
+def test_gradinit_shrinks_a_gradient_over_the_bound():
+    torch.manual_seed(0)
+    model = normfree.create_model("gradinit_cifar_resnet20", width=0.25, fc_init_std=0.01)
+    lines = []
+    result = gradinit(model, toy_data(20), "sgd", iters=10, grad_bound=1e-3, lr=0.05, log_every=5,
+                      logger=lines.append)
+    norms = [h["grad_norm"] for h in result.history]
+    assert not any(h["inside_bound"] for h in result.history) and norms[-1] < 0.7 * norms[0]
+    assert result.forward_passes == 10  # over the bound: no post-step forward
+    assert any("over the bound" in s for s in lines) and lines[-1].startswith("gradinit done")
+
+
+def test_gradinit_stops_when_data_runs_out_and_rejects_bad_options():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    assert gradinit(model, toy_data(3), "sgd", iters=5, logger=lambda s: None).iterations == 1
+    with pytest.raises(ConfigError):
+        gradinit(model, toy_data(2), "lamb")
+
+
+# ---- selection from the trainer ------------------------------------------------------------------
+def test_parse_init_resolves_auto_from_the_baseline():
+    assert parse_init("auto", "gradinit_cifar_resnet20") == ("gradinit", {})
+    assert parse_init("auto", "autoinit_resnet50") == ("autoinit", {})
+    assert parse_init("auto", "bn_cifar_resnet20") == ("default", {})
+    assert parse_init("gradinit:iters=3,optimizer=adam", "nf_cifar_resnet20") == (
+        "gradinit", {"iters": 3, "optimizer": "adam"})
+    for bad in ("lsuv", "autoinit:iters=3", "gradinit:steps=3"):
+        with pytest.raises(ConfigError):
+            parse_init(bad, "nf_cifar_resnet20")
+
+
+@pytest.mark.parametrize("init", ["gradinit:iters=2,batch=16", "autoinit"])
+def test_trainer_applies_the_init_and_records_its_cost(tmp_path, init):
+    from normfree.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(model="gradinit_cifar_resnet20", data="synthetic", out_dir=str(tmp_path),
+                      model_kwargs={"width": 0.25}, train_subset=64, test_subset=32, epochs=1,
+                      batch_size=32, device="cpu", init=init, log_every=1)
+    trainer = Trainer(cfg)
+    info = json.loads((tmp_path / "init.json").read_text())
+    assert info["method"] == init.split(":")[0] and info == json.loads(json.dumps(trainer.init_info))
+    if info["method"] == "gradinit":
+        assert info["iterations"] == 2 and info["forward_passes"] >= 2 and info["backward_passes"] == 6
+    else:
+        assert info["forward_passes"] == 0 and info["scales"]["stem.conv.weight"] > 0
+    assert math.isfinite(trainer.fit()["train_loss"])
+
+
+@pytest.mark.parametrize("name", ["nf_cifar_resnet20", "gradinit_cifar_resnet20"])
+def test_gradinit_hypergradient_matches_finite_differences(name):
+    """d(post-step loss)/d(scale) through the double backward, against central differences in float64;
+    on the NF net this needs GradInit's twice-differentiable WS path (the fast WS backward gives ~0)."""
+    from normfree.init.gradinit import _twice_differentiable
+
+    torch.manual_seed(0)
+    gains = {"skipinit_gain": 1.0, "stochdepth_rate": 0.0} if name.startswith("nf") else {}
+    model = normfree.create_model(name, width=0.25, fc_init_std=0.1, **gains).double()
+    (x0, y0), (x1, y1) = [(x.double(), y) for x, y in toy_data(2, batch=4)]
+    x0, x1 = F.interpolate(x0, size=16), F.interpolate(x1, size=16)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    key = "stages.0.0.branch.conv0.weight"
+
+    def objective(delta):
+        scale = torch.tensor(1.0 + delta, dtype=torch.float64, requires_grad=True)
+        params = {n: scale * b if n == key else b.clone().requires_grad_(True) for n, b in base.items()}
+        loss0 = F.cross_entropy(torch.func.functional_call(model, params, (x0,)), y0)
+        grads = torch.autograd.grad(loss0, list(params.values()), create_graph=True)
+        stepped = {n: params[n] - 0.1 * g for n, g in zip(params, grads)}
+        return F.cross_entropy(torch.func.functional_call(model, stepped, (x1,)), y1), scale
+
+    with _twice_differentiable(model):
+        value, scale = objective(0.0)
+        (analytic,) = torch.autograd.grad(value, scale)
+        eps = 1e-5
+        numeric = (objective(eps)[0].item() - objective(-eps)[0].item()) / (2 * eps)
+    assert abs(numeric) > 1e-3  # the scale matters, also for a WS conv (through the step)
+    assert analytic.item() == pytest.approx(numeric, rel=1e-4)
