@@ -188,6 +188,9 @@ def _check_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+torch.fx.wrap("_check_input")
+
+
 def _stride(m: nn.Module) -> int:
     """A module's spatial stride (square strides only: every stem here), 1 for stride-less modules."""
     stride = getattr(m, "stride", 1)
