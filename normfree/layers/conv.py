@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -30,15 +31,22 @@ def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> 
     """TensorFlow 'SAME' padding (before, after) along one axis: asymmetric when the total is odd.
 
     Integer arithmetic only (``%``, no ``math.ceil``), so the same code gives a Python int in eager
-    mode, a symbolic size under ``torch.export``/dynamo (one small formula, no guard on the size) and
-    a traced tensor under ``torch.jit.trace`` (the legacy ONNX exporter): a graph exported with a
-    dynamic H/W axis pads correctly at every size. ``(ceil(n/s) - 1)·s + k - n = k - s + (-n mod s)``,
-    never negative when k ≥ s (every strided SAME layer here; 1×1 strided convs pad statically).
+    mode and one small symbolic formula, with no guard on the size, under ``torch.export``/dynamo: a
+    graph exported with dynamic H/W pads correctly at every size. ``(ceil(n/s) - 1)·s + k - n =
+    k - s + (-n mod s)``, never negative when k ≥ s (every strided SAME layer here; 1×1 strided convs
+    pad statically). Under ``torch.jit.trace`` (the legacy ONNX exporter) the amounts become constants
+    of the traced size, with a ``TracerWarning`` saying so.
     """
+    if isinstance(size, torch.Tensor):  # torch.jit.trace hands out sizes as tensors
+        warnings.warn("TF-'SAME' padding is traced as a constant for this input size: the graph is "
+                      "only correct at the traced H/W. Export with dynamic H/W through torch.export "
+                      "(torch.onnx.export(..., dynamo=True)) instead.", torch.jit.TracerWarning,
+                      stacklevel=3)
+        size = int(size)
     effective = (kernel - 1) * dilation + 1
     total = effective - stride + (-size) % stride
     if effective < stride:
-        total = total.clamp(min=0) if isinstance(total, torch.Tensor) else torch.sym_max(total, 0)
+        total = torch.sym_max(total, 0)
     return total // 2, total - total // 2
 
 
