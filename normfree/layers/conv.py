@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelSpecError
+from ..errors import ModelSpecError, NormfreeError
 
 Padding = Literal["same", "symmetric"]
 
@@ -34,15 +33,14 @@ def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> 
     mode and one small symbolic formula, with no guard on the size, under ``torch.export``/dynamo: a
     graph exported with dynamic H/W pads correctly at every size. ``(ceil(n/s) - 1)·s + k - n =
     k - s + (-n mod s)``, never negative when k ≥ s (every strided SAME layer here; 1×1 strided convs
-    pad statically). Under ``torch.jit.trace`` (the legacy ONNX exporter) the amounts become constants
-    of the traced size, with a ``TracerWarning`` saying so.
+    pad statically). ``torch.jit.trace`` (the legacy ONNX exporter) is refused: it would record the
+    amounts of the traced size as constants, a graph silently wrong at any other H/W.
     """
     if isinstance(size, torch.Tensor):  # torch.jit.trace hands out sizes as tensors
-        warnings.warn("TF-'SAME' padding is traced as a constant for this input size: the graph is "
-                      "only correct at the traced H/W. Export with dynamic H/W through torch.export "
-                      "(torch.onnx.export(..., dynamo=True)) instead.", torch.jit.TracerWarning,
-                      stacklevel=3)
-        size = int(size)
+        raise NormfreeError("TF-'SAME' padding cannot be recorded by torch.jit.trace (the legacy ONNX "
+                            "exporter): it would be a constant of the traced size. Export through "
+                            "torch.export (torch.onnx.export(..., dynamo=True)), or build the model "
+                            "with padding='symmetric' and no average-pool shortcut.")
     effective = (kernel - 1) * dilation + 1
     total = effective - stride + (-size) % stride
     if effective < stride:
