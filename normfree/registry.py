@@ -12,7 +12,6 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from .errors import ModelOptionError, ModelSpecError
-from .models.net import features_only as features_net
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,11 @@ def create_model(name: str, *, features_only: bool = False, out_indices: Sequenc
     if out_indices is not None and not features_only:
         raise ModelOptionError("out_indices needs features_only=True")
     model = get_entry(name).build(**kwargs)
-    return features_net(model, out_indices) if features_only else model
+    if not features_only:
+        return model
+    if not hasattr(model, "as_features"):
+        raise ModelSpecError(f"{name}: features_only needs a ResidualNetwork, got {type(model).__name__}")
+    return model.as_features(out_indices)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -189,6 +189,11 @@ class ResidualNetwork(nn.Module):
                 x = stage(x)
             yield x
 
+    def as_features(self, out_indices: Sequence[int] | None = None) -> FeatureNet:
+        """A backbone of the maps at ``out_indices`` (``create_model(..., features_only=True)``);
+        see :class:`FeatureNet`."""
+        return FeatureNet(self, out_indices)
+
     def fuse(self) -> "ResidualNetwork":
         """Deploy form: same as ``normfree.deploy(self)`` (a frozen eval copy; ``self`` is untouched)."""
         return deploy(self)  # type: ignore[return-value]
@@ -293,9 +298,3 @@ class FeatureNet(nn.Module):
                 out.append(x)
         return out
 
-
-def features_only(net: nn.Module, out_indices: Sequence[int] | None = None) -> FeatureNet:
-    """``create_model(..., features_only=True, out_indices=...)``: see :class:`FeatureNet`."""
-    if not isinstance(net, ResidualNetwork):
-        raise ModelSpecError(f"features_only needs a ResidualNetwork, got {type(net).__name__}")
-    return FeatureNet(net, out_indices)
