@@ -7,7 +7,7 @@ import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -33,6 +33,11 @@ class ModelEntry:
 
     def build(self, **kwargs: Any) -> nn.Module:
         allowed = self.options()
+        for alias, name in KWARG_ALIASES.items():
+            if alias in kwargs and name in allowed:
+                if name in kwargs:
+                    raise ModelOptionError(f"{self.name}: {alias!r} is timm's name for {name!r}; pass one")
+                kwargs[name] = kwargs.pop(alias)
         unknown = [k for k in kwargs if k not in allowed]
         if unknown:
             hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
@@ -49,6 +54,12 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+KWARG_ALIASES = {"drop_path_rate": "stochdepth_rate"}
+"""timm's keyword → normfree's, accepted by every builder that has normfree's."""
+
+NAME_PREFIX_ALIASES = {"dm_nfnet_": "nfnet_"}
+"""timm's model-name prefixes for the same architectures (``dm_nfnet_f0``: DeepMind's NFNet-F0)."""
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], *, fixed: dict[str, Any] | None = None,
@@ -70,6 +81,9 @@ def register_model(name: str, builder: Callable[..., nn.Module], *, fixed: dict[
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; unknown names raise :class:`ModelSpecError` with the closest
     matches."""
+    for alias, prefix in NAME_PREFIX_ALIASES.items():
+        if name.startswith(alias) and prefix + name[len(alias):] in _REGISTRY:
+            name = prefix + name[len(alias):]
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -78,11 +92,15 @@ def get_entry(name: str) -> ModelEntry:
         raise ModelSpecError(f"unknown model {name!r}{hint} (normfree.list_models() lists all)") from None
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, *, features_only: bool = False, out_indices: Sequence[int] | None = None,
+                 **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("nf_resnet50", num_classes=10, drop_rate=0.2)``.
 
     Every built-in family takes ``device=`` and ``dtype=`` (PyTorch's factory kwargs; ``device="meta"``
-    builds without allocating weights).
+    builds without allocating weights). timm's names are accepted too: ``drop_path_rate`` for
+    ``stochdepth_rate``, ``dm_nfnet_f0`` for ``nfnet_f0``. ``features_only=True`` returns a backbone
+    (:class:`~normfree.models.net.FeatureNet`: a list of feature maps at ``out_indices``, default
+    all, and no classifier).
 
     Unknown names raise :class:`~normfree.errors.ModelSpecError` naming the closest matches; unknown
     keywords raise :class:`~normfree.errors.ModelOptionError` (a ``TypeError``) naming them and listing
@@ -90,9 +108,16 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """
     from .resources import check_model_size
 
+    if out_indices is not None and not features_only:
+        raise ModelOptionError("out_indices needs features_only=True")
     entry = get_entry(name)
     check_model_size(name, lambda: entry.build(**kwargs), kwargs)
-    return entry.build(**kwargs)
+    model = entry.build(**kwargs)
+    if not features_only:
+        return model
+    if not hasattr(model, "as_features"):
+        raise ModelSpecError(f"{name}: features_only needs a ResidualNetwork, got {type(model).__name__}")
+    return model.as_features(out_indices)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

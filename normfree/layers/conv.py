@@ -13,6 +13,7 @@ by GroupNorm/BatchNorm (the GN+WS baseline).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -20,26 +21,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelSpecError
+from ..errors import ModelSpecError, NormfreeError
 
 Padding = Literal["same", "symmetric"]
 
 
 def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow 'SAME' padding (before, after) along one axis: asymmetric when the total is odd."""
+    """TensorFlow 'SAME' padding (before, after) along one axis: asymmetric when the total is odd.
+
+    Integer arithmetic only (``%``, no ``math.ceil``), so the same code gives a Python int in eager
+    mode and one small symbolic formula, with no guard on the size, under ``torch.export``/dynamo: a
+    graph exported with dynamic H/W pads correctly at every size. ``(ceil(n/s) - 1)·s + k - n =
+    k - s + (-n mod s)``, never negative when k ≥ s (every strided SAME layer here; 1×1 strided convs
+    pad statically). ``torch.jit.trace`` (the legacy ONNX exporter) is refused: it would record the
+    amounts of the traced size as constants, a graph silently wrong at any other H/W.
+    """
+    if isinstance(size, torch.Tensor):  # torch.jit.trace hands out sizes as tensors
+        raise NormfreeError("TF-'SAME' padding cannot be recorded by torch.jit.trace (the legacy ONNX "
+                            "exporter): it would be a constant of the traced size. Export through "
+                            "torch.export (torch.onnx.export(..., dynamo=True)), or build the model "
+                            "with padding='symmetric' and no average-pool shortcut.")
     effective = (kernel - 1) * dilation + 1
-    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    total = effective - stride + (-size) % stride
+    if effective < stride:
+        total = torch.sym_max(total, 0)
     return total // 2, total - total // 2
 
 
 def pad_same(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
              dilation: tuple[int, ...] | None = None, value: float = 0.0) -> torch.Tensor:
-    """Pad the trailing ``len(kernel)`` dims the way TensorFlow's 'SAME' does (depends on the size)."""
+    """Pad the trailing ``len(kernel)`` dims the way TensorFlow's 'SAME' does (depends on the size).
+
+    A leaf of ``torch.fx.symbolic_trace`` (the size arithmetic cannot run on FX proxies)."""
     dilation = dilation or (1,) * len(kernel)
-    pads: list[int] = []
+    pads: list = []
     for i in reversed(range(len(kernel))):  # F.pad lists the last dim first
         pads += same_pad_amounts(x.shape[i - len(kernel)], kernel[i], stride[i], dilation[i])
-    return F.pad(x, pads, value=value) if any(pads) else x
+    if all(type(p) is int for p in pads) and not any(pads):
+        return x  # eager fast path; symbolic sizes always pad (a zero pad is a no-op)
+    return F.pad(x, pads, value=value)
+
+
+torch.fx.wrap("pad_same")
 
 
 def _static_padding(kernel: tuple[int, ...], stride: tuple[int, ...],
@@ -89,7 +112,9 @@ class _ScaledWSFunction(torch.autograd.Function):
                 eps: float, const: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Ŵ, μ, v): the statistics are returned, not stashed, so that torch.func can transform this."""
         dims = tuple(range(1, w.ndim))
-        with torch.autocast(w.device.type, enabled=False):  # statistics stay in fp32 under autocast
+        no_autocast = (contextlib.nullcontext() if w.device.type == "meta"  # autocast knows no meta
+                       else torch.autocast(w.device.type, enabled=False))
+        with no_autocast:  # statistics stay in fp32 under autocast
             mean = w.mean(dim=dims, keepdim=True)
             out = w - mean
             var = torch.linalg.vector_norm(out, dim=dims, keepdim=True).square_() / fan_in
@@ -126,6 +151,12 @@ class _ScaledWSFunction(torch.autograd.Function):
         grad_scale = ((d_q * _per_channel(gain, w)).sum()
                       if scale_t is not None and ctx.needs_input_grad[2] else None)
         return grad_w, grad_gain, grad_scale, None, None, None
+
+
+def _tracing() -> bool:
+    """Under ``torch.jit.trace`` (legacy ONNX export) or ``torch.fx.symbolic_trace``: the textbook
+    formula is traced instead of the custom autograd Function, which neither tracer can record."""
+    return torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
 
 
 def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -225,7 +256,7 @@ class _ScaledStdConvNd:
         autocast; nothing W-sized kept for backward but W); otherwise
         :meth:`standardized_weight_reference`.
         """
-        if (self.gain is not None and torch.is_grad_enabled()
+        if (self.gain is not None and torch.is_grad_enabled() and not _tracing()
                 and (self.weight.requires_grad or self.gain.requires_grad)):
             return _ScaledWSFunction.apply(self.weight, self.gain, 1.0 if scale is None else scale,
                                            self.fan_in, self.eps, self._ws_const)[0]
@@ -234,7 +265,7 @@ class _ScaledStdConvNd:
     def standardized_weight_reference(self, scale: torch.Tensor | float | None = None) -> torch.Tensor:
         """The textbook formula, with plain reductions (no ``std_mean``) so it exports to ONNX."""
         w = self.weight
-        dims = tuple(range(1, w.ndim))
+        dims = tuple(range(1, len(self.kernel_size) + 2))  # not w.ndim: w is a proxy under torch.fx
         mean = w.mean(dim=dims, keepdim=True)
         centered = w - mean
         var = centered.square().mean(dim=dims, keepdim=True)
@@ -242,7 +273,7 @@ class _ScaledStdConvNd:
             n = self.fan_in
             mult = 1.0 / ((var * (n / max(n - 1, 1))).sqrt() + self.eps)
         else:
-            mult = _ws_inv_std(var, self.fan_in, self.eps, self._ws_const) * _per_channel(self.gain, w)
+            mult = _ws_inv_std(var, self.fan_in, self.eps, self._ws_const) * self.gain.view(-1, *(1,) * len(dims))
         if scale is not None:
             mult = mult * scale
         return centered * mult
@@ -321,7 +352,7 @@ def plain_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None)
     return new
 
 
-_CONV_FNS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by weight rank
+_CONV_FNS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by weight rank (spatial dims + 2)
 
 
 def conv_forward(conv: nn.modules.conv._ConvNd, x: torch.Tensor,
@@ -345,7 +376,7 @@ def conv_forward(conv: nn.modules.conv._ConvNd, x: torch.Tensor,
     if getattr(conv, "padding_mode_same", False):
         x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
         padding = 0
-    return _CONV_FNS[weight.ndim](x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+    return _CONV_FNS[len(conv.kernel_size) + 2](x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
 class MaxPoolSame(nn.Module):
@@ -377,12 +408,18 @@ class AvgPoolSame(nn.Module):
         self.kernel_size, self.stride = kernel_size, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s = self.kernel_size, self.stride
-        top, bottom = same_pad_amounts(x.shape[-2], k, s)
-        left, right = same_pad_amounts(x.shape[-1], k, s)
-        if not (top or bottom or left or right):
-            return F.avg_pool2d(x, k, s)
-        x = F.pad(x, (left, right, top, bottom))
-        ones = F.pad(torch.ones_like(x[:1, :1, top:x.shape[-2] - bottom, left:x.shape[-1] - right]),
-                     (left, right, top, bottom))
-        return F.avg_pool2d(x, k, s) / F.avg_pool2d(ones, k, s)
+        return avg_pool_same(x, self.kernel_size, self.stride)
+
+
+def avg_pool_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """``k``×``k``/``s`` average pool, TF-'SAME', padded cells excluded (a ``torch.fx`` leaf)."""
+    top, bottom = same_pad_amounts(x.shape[-2], k, s)
+    left, right = same_pad_amounts(x.shape[-1], k, s)
+    pads = [left, right, top, bottom]
+    if all(type(p) is int for p in pads) and not any(pads):
+        return F.avg_pool2d(x, k, s)
+    ones = F.pad(torch.ones_like(x[:1, :1]), pads)
+    return F.avg_pool2d(F.pad(x, pads), k, s) / F.avg_pool2d(ones, k, s)
+
+
+torch.fx.wrap("avg_pool_same")

@@ -26,10 +26,7 @@ class StochasticDepth(nn.Module):
         """The per-example multiplier (shape N×1×…), or None when nothing is dropped."""
         if not self.training or self.rate == 0.0:
             return None
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype, device=x.device))
-        return mask / keep if self.scale_by_keep else mask
+        return drop_mask(x, self.rate, self.scale_by_keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.keep_mask(x)
@@ -37,6 +34,17 @@ class StochasticDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.4g}, scale_by_keep={self.scale_by_keep}"
+
+
+def drop_mask(x: torch.Tensor, rate: float, scale_by_keep: bool) -> torch.Tensor:
+    """Per-example keep mask (N×1×…) for stochastic depth at ``rate`` (a ``torch.fx`` leaf)."""
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype, device=x.device))
+    return mask / keep if scale_by_keep else mask
+
+
+torch.fx.wrap("drop_mask")
 
 
 def block_drop_rates(rate: float, num_blocks: int) -> list[float]:

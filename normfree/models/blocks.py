@@ -168,10 +168,7 @@ class ResidualBlock(nn.Module):
         if plan.gain_into is None and gain is not None:
             out = out * gain
         mask = self.drop_path.keep_mask(out)
-        if mask is not None:
-            out = torch.addcmul(shortcut, out, mask)
-        else:
-            out = out.add_(shortcut) if fresh and out.dtype == shortcut.dtype else out + shortcut
+        out = torch.addcmul(shortcut, out, mask) if mask is not None else _residual_add(out, shortcut, fresh)
         return out if self.post is None else self.post(out)
 
     def _output_gain(self) -> torch.Tensor | float | None:
@@ -250,6 +247,15 @@ def unfolded(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, enabled in saved:
             m.fast_path = enabled
+
+
+def _residual_add(out: torch.Tensor, shortcut: torch.Tensor, fresh: bool) -> torch.Tensor:
+    """``out + shortcut``, in place on ``out`` when nothing else reads it and no dtype promotion is
+    due (a ``torch.fx`` leaf: the dtype test is Python control flow on a tensor)."""
+    return out.add_(shortcut) if fresh and out.dtype == shortcut.dtype else out + shortcut
+
+
+torch.fx.wrap("_residual_add")
 
 
 def _times(a: torch.Tensor | float | None, b: torch.Tensor | float | None) -> torch.Tensor | float | None:

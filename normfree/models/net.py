@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -13,6 +13,30 @@ from ..deploy import deploy
 from ..errors import ModelSpecError
 from ..layers import GammaAct
 from .fold import clear_factor
+
+
+NO_DECAY_NAMES = ("gain", "bias", "skip_gain")
+
+
+def decay_exempt(name: str, param: torch.Tensor) -> bool:
+    """Gains, biases, skip gains and other ≤1-D (after squeeze) parameters get no weight decay,
+    as the official ``_make_opt`` (names containing 'gain'/'bias', scale/offset/b)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return sum(s > 1 for s in param.shape) <= 1 or any(k in leaf for k in NO_DECAY_NAMES)
+
+
+class FeatureInfo(list):
+    """A list of ``{"num_chs", "reduction", "module"}`` dicts, one per feature map, with timm's
+    accessors."""
+
+    def channels(self) -> list[int]:
+        return [int(f["num_chs"]) for f in self]
+
+    def reduction(self) -> list[int]:
+        return [int(f["reduction"]) for f in self]
+
+    def module_name(self) -> list[str]:
+        return [str(f["module"]) for f in self]
 
 
 class ResidualNetwork(nn.Module):
@@ -137,11 +161,12 @@ class ResidualNetwork(nn.Module):
         return feats
 
     @property
-    def feature_info(self) -> list[dict[str, int | str]]:
-        """``num_chs``, ``reduction`` (input stride) and ``module`` of each :meth:`forward_intermediates` map."""
+    def feature_info(self) -> FeatureInfo:
+        """``num_chs``, ``reduction`` (input stride) and ``module`` (its path in this network, as
+        ``torchvision``'s ``create_feature_extractor`` names nodes) of each :meth:`forward_intermediates`
+        map."""
         reduction = math.prod(_stride(m) for m in self.stem.modules())
-        info: list[dict[str, int | str]] = [
-            {"num_chs": self.stages[0][0].in_ch, "reduction": reduction, "module": "stem"}]
+        info = FeatureInfo([{"num_chs": self.stages[0][0].in_ch, "reduction": reduction, "module": "stem"}])
         for i, stage in enumerate(self.stages):
             reduction *= math.prod(b.stride for b in stage)
             last = i == len(self.stages) - 1
@@ -164,6 +189,11 @@ class ResidualNetwork(nn.Module):
                 x = stage(x)
             yield x
 
+    def as_features(self, out_indices: Sequence[int] | None = None) -> FeatureNet:
+        """A backbone of the maps at ``out_indices`` (``create_model(..., features_only=True)``);
+        see :class:`FeatureNet`."""
+        return FeatureNet(self, out_indices)
+
     def fuse(self) -> "ResidualNetwork":
         """Deploy form: same as ``normfree.deploy(self)`` (a frozen eval copy; ``self`` is untouched)."""
         return deploy(self)  # type: ignore[return-value]
@@ -177,15 +207,39 @@ class ResidualNetwork(nn.Module):
             self.fc.weight.mul_(final_act.factor)
             clear_factor(final_act)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool, dropout, classifier on :meth:`forward_features`' output (timm's
+        split); ``pre_logits=True`` stops before the classifier."""
+        x = self.drop(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.forward_features(x).mean(dim=(2, 3))
-        return self.fc(self.drop(pooled))
+        return self.forward_head(self.forward_features(x))
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters that get no weight decay (timm's hook; the trainer's rule,
+        :func:`decay_exempt`: gains, biases, skip gains and other ≤1-D parameters)."""
+        return {n for n, p in self.named_parameters() if decay_exempt(n, p)}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter grouping for layer-wise learning-rate decay: the stem, then one group per
+        stage (``coarse``) or per block, the final layers last (the classifier is left out)."""
+        stage = r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"
+        return {"stem": r"^stem", "blocks": [(stage, None), (r"^final", (99999,))]}
 
 
 def _check_input(x: torch.Tensor) -> torch.Tensor:
     if x.ndim != 4:
         raise ValueError(f"expected an NCHW batch, got a tensor of shape {tuple(x.shape)}")
     return x
+
+
+torch.fx.wrap("_check_input")
 
 
 def _stride(m: nn.Module) -> int:
@@ -197,3 +251,50 @@ def _stride(m: nn.Module) -> int:
 def named_seq(**modules: nn.Module) -> nn.Sequential:
     """``nn.Sequential`` with readable child names (they become state-dict keys)."""
     return nn.Sequential(OrderedDict(modules))
+
+
+class FeatureNet(nn.Module):
+    """A backbone cut from a :class:`ResidualNetwork`: the feature maps at ``out_indices`` (indices into
+    its :attr:`~ResidualNetwork.feature_info`), as a list, and no classifier, pooling or dropout, so
+    every parameter takes part in the loss (DDP needs no ``find_unused_parameters``).
+
+    Its direct children are ``stem``, ``stages_0`` … and ``final``, the network's modules (shared, not
+    copied) flattened so that each feature map is a child's output: :attr:`feature_info`'s ``module``
+    names are what torchvision's ``BackboneWithFPN(return_layers=...)`` / ``IntermediateLayerGetter``
+    accept. State-dict keys change accordingly (``stages.0.…`` → ``stages_0.…``): load weights into the
+    full network before cutting. Modules after the last requested map are dropped.
+    """
+
+    def __init__(self, net: ResidualNetwork, out_indices: Sequence[int] | None = None) -> None:
+        super().__init__()
+        full = net.feature_info
+        n = len(full)
+        requested = list(range(n)) if out_indices is None else list(out_indices)
+        indices = {i % n for i in requested if -n <= i < n}
+        if not requested or len(indices) != len(requested):
+            raise ModelSpecError(f"out_indices must be distinct indices into the {n} feature maps "
+                                 f"(0 = stem … {n - 1} = last stage), got {requested}")
+        self.out_indices = sorted(indices)
+        modules: OrderedDict[str, nn.Module] = OrderedDict(stem=net.stem)
+        for i, stage in enumerate(net.stages):
+            modules[f"stages_{i}"] = stage
+        modules["final"] = net.final
+        # feature k is the output of child k, except the last: stage n-2's output passes through `final`
+        names = list(modules)
+        keep = names[:self.out_indices[-1] + 1] if self.out_indices[-1] < n - 1 else names
+        for name in keep:
+            self.add_module(name, modules[name])
+        self._returns = {("final" if k == n - 1 else names[k]) for k in self.out_indices}
+        self.feature_info = FeatureInfo(
+            {**full[k], "module": "final" if k == n - 1 else names[k]} for k in self.out_indices)
+        self.pretrained_cfg = dict(net.pretrained_cfg)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = _check_input(x)
+        out = []
+        for name, module in self.named_children():
+            x = module(x)
+            if name in self._returns:
+                out.append(x)
+        return out
+

@@ -6,14 +6,7 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("gain", "bias", "skip_gain")
-
-
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Gains, biases, skip gains and other ≤1-D (after squeeze) parameters get no weight decay,
-    as the official ``_make_opt`` (names containing 'gain'/'bias', scale/offset/b)."""
-    leaf = name.rsplit(".", 1)[-1]
-    return sum(s > 1 for s in param.shape) <= 1 or any(k in leaf for k in NO_DECAY_NAMES)
+from ..models.net import decay_exempt as no_weight_decay  # the model's rule, under the trainer's name
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
