@@ -142,6 +142,7 @@ def test_timm_options_are_explicit():
     assert r50.eval_settings["crop_pct"] == 0.94 and r50.input_size == 288
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize("name", ["dm_nfnet_f0", "nf_resnet50", "nf_regnet_b1"])
 def test_logits_match_timm(name):
     timm = pytest.importorskip("timm")
