@@ -46,6 +46,7 @@ def test_deploy_logits_match_training_form(key):
     assert not any(isinstance(m, ScaledStdConv2d) for m in dep.modules())
     assert all(m.factor == 1.0 for m in dep.modules() if isinstance(m, GammaAct))
     assert all(b.skip_gain is None and b.alpha == 1.0 for b in dep.blocks())
+    assert all(b.drop_path.rate == 0.0 for b in dep.blocks())  # nothing random is left, even in train()
     assert not any(p.requires_grad for p in dep.parameters())
     bns = [m for m in dep.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     # Only the BNs on the residual stream (each block's pre-activation and the final one) remain.

@@ -44,7 +44,8 @@ def test_official_structure(meta_model):
     stem_conv = m.stem.conv
     assert isinstance(stem_conv, ScaledStdConv2d) and stem_conv.kernel_size == (7, 7)
     assert stem_conv.stride == (2, 2) and stem_conv.out_channels == 64 and stem_conv.bias is not None
-    assert isinstance(m.stem.pool, MaxPoolSame)
+    assert isinstance(m.stem.pool, MaxPoolSame) and m.stem.pool.pad_type == "same"
+    assert meta_model("nf_resnet50", padding="symmetric").stem.pool.pad_type == "symmetric"
     for s, stage in enumerate(m.stages):
         first = stage[0]
         assert first.is_transition and not any(b.is_transition for b in stage[1:])
