@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, m in enumerate(mutants):
             print(f"{i:3d} {m.module:8s} {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}")
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the finally below still cleans up
     work = _scratch(args.tests_rev)
     check = subprocess.run([sys.executable, "-c", "import normfree; print(normfree.__file__)"], cwd=work,
                            env={**os.environ, "PYTHONPATH": str(work)}, capture_output=True, text=True)
