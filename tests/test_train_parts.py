@@ -155,3 +155,24 @@ def test_demo_train_and_test_splits_are_disjoint():
     train, test = load_data("demo", "train"), load_data("demo", "test")
     images = torch.from_numpy((load_digits().images * (255 / 16)).round()).to(torch.uint8)
     assert torch.equal(train.x[..., 0], images[:1500]) and torch.equal(test.x[..., 0], images[1500:])
+
+
+def test_every_micro_batch_draws_its_own_random_stream(tmp_path, monkeypatch):
+    """Augmentation, mixup and stochastic depth of each (step, micro-batch) come from a distinct generator."""
+    import normfree.train.trainer as trainer_mod
+    from normfree.train.trainer import Trainer
+
+    keys = []
+    real = trainer_mod.step_generator
+
+    def spy(*k):
+        keys.append(k)
+        return real(*k)
+
+    monkeypatch.setattr(trainer_mod, "step_generator", spy)
+    cfg = TrainConfig(model="nf_cifar_resnet20", data="synthetic", out_dir=str(tmp_path / "run"), epochs=1,
+                      model_kwargs={"width": 0.25}, train_subset=32, test_subset=16, batch_size=16, accum_steps=2,
+                      seed=3)
+    Trainer(cfg).fit()
+    steps = [k for k in keys if len(k) == 3]  # (seed, step, micro-batch)
+    assert sorted(steps) == [(3, s, j) for s in range(2) for j in range(2)]
