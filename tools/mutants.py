@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from xml.etree import ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,20 +241,34 @@ def _scratch(tests_rev: str | None) -> Path:
     return work
 
 
-def _pytest(work: Path, tests: list[str], timeout: float) -> str:
-    """'pass', 'fail' or 'timeout' for ``tests`` in the scratch copy."""
-    present = [t for t in tests if (work / t.split("::")[0]).is_file()]
-    if not present:
-        return "no tests"
+def _run_pytest(work: Path, args: list[str], timeout: float) -> str:
+    """'pass', 'fail', 'timeout' or 'no tests' for one pytest run in the scratch copy."""
     env = {**os.environ, "PYTHONPATH": str(work), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *present]
     try:
-        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=work,
+                              env=env, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout"
-    if proc.returncode == 5:
-        return "no tests"
-    return "pass" if proc.returncode == 0 else "fail"
+    return {0: "pass", 5: "no tests"}.get(proc.returncode, "fail")
+
+
+def _baseline(work: Path, tests: list[str], timeout: float) -> tuple[str, list[str]]:
+    """Run ``tests`` unmutated; return the outcome and their node ids, fastest first, so that a mutant's
+    ``-x`` run stops at the quickest test that catches it."""
+    present = [t for t in tests if (work / t.split("::")[0]).is_file()]
+    if not present:
+        return "no tests", []
+    report = work / "_baseline.xml"
+    outcome = _run_pytest(work, ["-o", "junit_family=xunit1", f"--junitxml={report}", *present], timeout)
+    if outcome != "pass":
+        return outcome, []
+    timed = []
+    for case in ElementTree.parse(report).iter("testcase"):
+        if case.find("skipped") is None:
+            owner = case.get("classname", "").rsplit(".", 1)[-1]
+            node = f"{case.get('file')}::" + (f"{owner}::" if owner.startswith("Test") else "") + case.get("name", "")
+            timed.append((float(case.get("time", 0)), node))
+    return outcome, [node for _, node in sorted(timed)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for group in groups:
-            base = _pytest(work, TESTS[group], args.timeout)
+            base, nodes = _baseline(work, TESTS[group], args.timeout)
             if base != "pass":
                 print(f"{group}: the unmutated tests do not pass ({base}); its mutants are not run")
                 continue
@@ -294,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                     target.write_text(source.replace(m.old, m.new))
                     start = time.perf_counter()
                     try:
-                        run = _pytest(work, TESTS[group], args.timeout)
+                        run = _run_pytest(work, ["-x", *nodes], args.timeout)
                     finally:
                         target.write_text(source)
                     outcome = {"fail": "killed", "timeout": "killed (timeout)", "pass": "survived"}.get(run, run)
