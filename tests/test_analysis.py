@@ -357,3 +357,23 @@ def test_one_zero_branch_is_not_reported_as_all_branches_zero():
 
 def test_deviation_is_relative_to_the_expected_variance():
     assert fake(var=[2.0] * 6, expected_var=[1.6] * 6).deviation == pytest.approx([0.25] * 6)
+
+
+class Shared(Custom):
+    """The last block runs twice (weight sharing): every statistic is the block's first call."""
+
+    def forward(self, x):
+        return self.blocks[2](self.blocks(self.stem(x))).mean(dim=(2, 3))
+
+
+def test_a_block_called_twice_is_measured_at_its_first_call():
+    torch.manual_seed(0)
+    model = Shared()
+    x = torch.randn(4, 3, 8, 8)
+    r = signal_propagation(model, x, blocks="blocks.*", branch="body")
+    with torch.no_grad():
+        h = model.blocks[:2](model.stem(x))
+        branch = model.blocks[2].body(h)
+    assert r.names == ["blocks.0", "blocks.1", "blocks.2"]
+    assert r.res_var[2] == pytest.approx(branch.var(dim=(0, 2, 3), unbiased=False).mean().item(), rel=1e-5)
+    assert r.var[2] == pytest.approx((h + branch).var(dim=(0, 2, 3), unbiased=False).mean().item(), rel=1e-5)
