@@ -325,3 +325,55 @@ def test_cli_reads_a_training_checkpoint(tmp_path):
     assert main(["spp", "nf_cifar_resnet20:width=0.25,num_classes=4", "--batch", "2", "--checkpoint",
                  str(tmp_path / "run" / "last.safetensors"), "--out", str(tmp_path / "spp")]) == 0
     assert (tmp_path / "spp" / "spp.json").is_file()
+
+
+@pytest.mark.parametrize("kind, overrides, block, words", [
+    # just past each threshold (a rule of thumb, documented in diagnose.py): found, at the right block
+    ("mean_shift", dict(sq_mean=[1e-3, 1e-3, 0.06, 0.06, 0.06, 0.06]), 3, "exceeds 5%"),
+    ("variance", dict(var=[1, 1, 1, 11, 120, 120]), 4, "Exploding"),
+    ("variance", dict(var=[1, 1, 0.5, 0.05, 0.008, 0.008], sq_mean=[1e-6] * 6), 4, "Collapsing"),
+    ("gradients", dict(grad_norm=[0.008, 0.05, 0.2, 0.5, 1, 1]), 2, "Vanishing"),
+    ("gradients", dict(grad_norm=[120, 50, 20, 5, 1, 1]), 3, "Exploding"),
+    ("expected", dict(var=[1.04, 1.08, 1.12, 1.5, 1.2, 1.24],
+                      expected_var=[1.04, 1.08, 1.12, 1.16, 1.2, 1.24]), 4, "+29%"),
+])
+def test_each_finding_fires_just_past_its_threshold(kind, overrides, block, words):
+    (f,) = find_problems(fake(**overrides))
+    assert (f.kind, f.block) == (kind, block) and words in f.message, f.message
+    # just inside the threshold nothing is reported
+    inside = {"mean_shift": dict(sq_mean=[0.04] * 6), "variance": dict(var=[1, 1, 1, 11, 90, 90])
+              if words == "Exploding" else dict(var=[1, 1, 0.5, 0.05, 0.012, 0.012], sq_mean=[1e-6] * 6),
+              "gradients": dict(grad_norm=[0.012, 0.05, 0.2, 0.5, 1, 1]) if words == "Vanishing"
+              else dict(grad_norm=[90, 50, 20, 5, 1, 1]),
+              "expected": dict(var=[1.04, 1.08, 1.12, 1.4, 1.2, 1.24],
+                               expected_var=[1.04, 1.08, 1.12, 1.16, 1.2, 1.24])}[kind]
+    assert find_problems(fake(**inside)) == []
+
+
+def test_one_zero_branch_is_not_reported_as_all_branches_zero():
+    (f,) = find_problems(fake(res_var=[0.0, 1, 1, 1, 1, 1]))
+    assert f.kind == "residual" and "zero-initialized" not in f.message and f.block == 1
+
+
+def test_deviation_is_relative_to_the_expected_variance():
+    assert fake(var=[2.0] * 6, expected_var=[1.6] * 6).deviation == pytest.approx([0.25] * 6)
+
+
+class Shared(Custom):
+    """The last block runs twice (weight sharing): every statistic is the block's first call."""
+
+    def forward(self, x):
+        return self.blocks[2](self.blocks(self.stem(x))).mean(dim=(2, 3))
+
+
+def test_a_block_called_twice_is_measured_at_its_first_call():
+    torch.manual_seed(0)
+    model = Shared()
+    x = torch.randn(4, 3, 8, 8)
+    r = signal_propagation(model, x, blocks="blocks.*", branch="body")
+    with torch.no_grad():
+        h = model.blocks[:2](model.stem(x))
+        branch = model.blocks[2].body(h)
+    assert r.names == ["blocks.0", "blocks.1", "blocks.2"]
+    assert r.res_var[2] == pytest.approx(branch.var(dim=(0, 2, 3), unbiased=False).mean().item(), rel=1e-5)
+    assert r.var[2] == pytest.approx((h + branch).var(dim=(0, 2, 3), unbiased=False).mean().item(), rel=1e-5)

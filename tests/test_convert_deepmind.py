@@ -118,3 +118,19 @@ def test_cli_convert_round_trip(tmp_path, capsys):
     assert main(["convert", "--from", "timm", str(tmp_path / "x.pth"), "--model", "nf_resnet50",
                  "--out", str(out)]) == 2
     assert "--allow-pickle" in capsys.readouterr().err
+
+
+def test_params_from_several_networks_are_refused():
+    flat = {"NFNet/~/stem_conv0/w": np.zeros((3, 3, 3, 16)), "Other/~/stem_conv0/w": np.zeros((3, 3, 3, 16))}
+    with pytest.raises(ValueError, match="several root modules"):
+        read_params(flat)
+    assert list(read_params({"AnyName/~/stem_conv0/w": np.zeros(2)})) == ["stem_conv0/w"]  # root dropped
+
+
+def test_strict_loading_refuses_tensors_the_model_lacks():
+    from normfree.convert.common import load_strict
+
+    model = normfree.create_model("nf_cifar_resnet20", width=0.25)
+    tensors = {**model.state_dict(), "stages.9.0.extra": torch.zeros(2)}
+    with pytest.raises(ValueError, match="1 unexpected: stages.9.0.extra"):
+        load_strict(model, tensors, source="test")

@@ -143,6 +143,7 @@ def test_timm_options_are_explicit():
     assert r50.pretrained_cfg["input_size"] == (3, 256, 256) and f0.pretrained_cfg["crop_mode"] == "squash"
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize("name", ["dm_nfnet_f0", "nf_resnet50", "nf_regnet_b1"])
 def test_logits_match_timm(name):
     timm = pytest.importorskip("timm")

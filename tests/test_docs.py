@@ -1,39 +1,216 @@
-"""Every ```python block in README.md and docs/*.md runs as written (in a temporary directory).
+"""Every ```python block in README.md and docs/*.md runs, and what it prints or produces is checked.
 
 Blocks fenced as ```python fragment are excerpts that need the reader's own objects or files (a data
-loader, downloaded weights) and are only compiled. A block skips when an optional package it imports is
-missing.
+loader, downloaded weights) and are only compiled. Every other block needs an entry in CHECKS (keyed by
+a line of its code), which asserts on its namespace, its printed output and the files it wrote. Blocks
+that run full-size models or real training run at a reduced size by default (SHRINK: each replacement
+must match the block, so an edited example fails loudly) and as written under ``-m slow``.
 """
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
+import math
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```python( fragment)?\n(.*?)^```", re.S | re.M)
-OPTIONAL = ("onnxruntime", "onnx", "matplotlib")
+
+
+def _lines(out: str) -> list[str]:
+    return out.strip().splitlines()
+
+
+def _readme_use(ns: dict, out: str, tmp: Path) -> None:
+    assert ns["logits"].shape == (2, 1000) and ns["model"].drop.p == 0.25
+    assert ns["twin"].model_name == "bn_resnet50"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ns["twin"].modules())
+
+
+def _baselines_table(ns: dict, out: str, tmp: Path) -> None:
+    lines = _lines(out)
+    prefixes = ["nf", "bn", "relubn", "revbn", "gnws", "evob0", "evos0", "fixup", "skipinit"]
+    assert [ln.split()[0] for ln in lines[:9]] == prefixes
+    assert all(ln.split(None, 1)[1] == "(8, 10)" for ln in lines[:9])
+    assert ast.literal_eval(lines[9]) == pytest.approx([0.1, 0.01])  # as the comment in the example says
+    assert ast.literal_eval(lines[10]) == [pytest.approx(g) for g in [(0.1, 1e-4), (0.1, 0.0), (0.001, 0.0)]]
+
+
+def _baselines_builders(ns: dict, out: str, tmp: Path) -> None:
+    gns = [m for m in ns["gn16"].modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert gns and all(m.num_groups == 16 for m in gns)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ns["relu_bn"].modules())
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for m in ns["fixup"].modules())
+
+
+def _baselines_slopes(ns: dict, out: str, tmp: Path) -> None:
+    slopes = {ln.split()[0]: (float(ln.split()[1]), float(ln.split()[2])) for ln in _lines(out)}
+    assert len(slopes) == 9
+    nf_var, nf_mean = slopes["nf"]
+    assert abs(nf_var - 0.2**2) < 0.02 and abs(nf_mean) < 0.01  # +α² per block, no mean shift
+    assert slopes["bn"][0] > 5 * nf_var  # BN→ReLU: variance grows about linearly, much faster
+    assert all(math.isfinite(v) for pair in slopes.values() for v in pair)
+
+
+def _baselines_compare(ns: dict, out: str, tmp: Path) -> None:
+    rows = ast.literal_eval(_lines(out)[-1])
+    assert sorted((m, b) for m, b, _ in rows) == [(m, b) for m in ("nf_cifar_resnet20", "skipinit_cifar_resnet20")
+                                                  for b in (4, 32)]
+    assert all(0 <= top1 <= 100 for *_, top1 in rows)
+    assert {"spp.png", "results.md", "results.csv", "results.json"} <= {p.name for p in (tmp / "runs/cmp").iterdir()}
+
+
+def _models_table(ns: dict, out: str, tmp: Path) -> None:
+    m = ns["model"]
+    assert (m.train_size, m.test_size, m.drop_rate, m.input_size) == (192, 256, 0.2, 256)
+    assert m.eval_settings["crop_pct"] and m.fc.out_features == 1000
+    assert [len(s) for s in ns["tiny"].stages] == [1, 2, 1, 1] and ns["tiny"].fc.out_features == 10
+
+
+def _models_features(ns: dict, out: str, tmp: Path) -> None:
+    lines = _lines(out)
+    infos = [ast.literal_eval(ln.split("#")[0]) for ln in lines[:-1]]
+    assert infos[0] == {"num_chs": 36, "reduction": 2, "module": "stem"}  # what the comment promises
+    assert infos[-1]["num_chs"] == 960 and infos[-1]["reduction"] == 32
+    shapes = ast.literal_eval(lines[-1])
+    assert shapes == [(i["num_chs"], 224 // i["reduction"], 224 // i["reduction"]) for i in infos]
+
+
+def _models_parity(ns: dict, out: str, tmp: Path) -> None:
+    errors = {ln.split()[0]: float(ln.split()[1]) for ln in _lines(out)}
+    assert set(errors) == set(ns["TINY"]) and all(e < 1e-5 for e in errors.values())  # fp32 rounding
+
+
+def _speed_fast_path(ns: dict, out: str, tmp: Path) -> None:
+    assert ns["model"].stages[0][0].fast_path and not ns["plain"].stages[0][0].fast_path
+    assert ns["plain"].stages[0][0].skip_gain.item() == 0.5  # live branches: the comparison covers them
+
+
+def _speed_deploy(ns: dict, out: str, tmp: Path) -> None:
+    assert float(out) < 1e-5  # printed relative error, "~1e-7"
+    x, model = ns["x"], ns["model"]
+    with torch.no_grad():
+        ref = model(x)
+        for form in (ns["same"], ns["compiled"]):
+            assert float((form(x) - ref).abs().max() / ref.abs().max()) < 1e-5
+    assert ns["same"] is not model and ns["fast"] is not ns["same"]
+
+
+def _speed_onnx(ns: dict, out: str, tmp: Path) -> None:
+    assert (tmp / "nf_resnet26.onnx").stat().st_size > 10_000
+    with torch.no_grad():
+        ref = ns["model"](ns["x"])
+    assert ns["out"].shape == (2, 10)
+    assert float((torch.from_numpy(ns["out"]) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+def _spp_api(ns: dict, out: str, tmp: Path) -> None:
+    r = ns["result"]
+    n = len(list(ns["model"].blocks()))
+    assert len(r.var) == len(r.res_var) == len(r.grad_norm) == n
+    assert r.expected_var == pytest.approx(ns["model"].expected_var)  # unit skip gains: the prediction holds
+    assert max(abs(d) for d in r.deviation) < 0.25
+    assert out.strip()  # the diagnosis text
+    assert {"spp.png", "spp.json", "spp.csv"} <= {p.name for p in tmp.iterdir()}
+    from normfree.analysis.spp import load_csv, load_json
+    assert load_json(tmp / "spp.json")[0].var == r.var and load_csv(tmp / "spp.csv")[0].var == r.var
+
+
+def _training_dp(ns: dict, out: str, tmp: Path) -> None:
+    model, grads, x = ns["model"], ns["grads"], ns["x"]
+    assert set(grads) == {n for n, _ in model.named_parameters()}
+    assert all(grads[n].shape == (len(x), *p.shape) for n, p in model.named_parameters())
+    clipped = ns["norms"] * ns["factor"]
+    assert torch.all(clipped <= ns["max_norm"] * (1 + 1e-5)) and torch.all(ns["factor"] <= 1)
+
+
+def _training_api(ns: dict, out: str, tmp: Path) -> None:
+    top1 = float(_lines(out)[-1])  # after the per-epoch log lines
+    assert top1 == ns["summary"]["test_top1"] and 0 <= top1 <= 100
+    run = tmp / "runs/api"
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "last.safetensors"} <= {p.name for p in run.iterdir()}
+
+
+CHECKS: dict[str, Callable[[dict, str, Path], None]] = {
+    'model = normfree.create_model("nf_resnet50", num_classes=1000, drop_rate=0.25)': _readme_use,
+    'print(f"{prefix:9s}", tuple(model(x).shape))': _baselines_table,
+    'gn16 = resnet(56, small_input=True, norm="gn", std_conv=True, ws="plain",': _baselines_builders,
+    "last = block_stats(model, x)[-9:]": _baselines_slopes,
+    "rows = compare(": _baselines_compare,
+    'model = normfree.create_model("nfnet_f0")': _models_table,
+    'backbone = normfree.create_model("nf_regnet_b0")': _models_features,
+    "from test_convert_deepmind import FIXTURES, TINY, _tiny": _models_parity,
+    "plain = set_fast_path(": _speed_fast_path,
+    "fast = normfree.deploy(model)": _speed_deploy,
+    "import onnxruntime as ort": _speed_onnx,
+    "result = signal_propagation(model, input_shape=(8, 3, 224, 224), gradients=True)": _spp_api,
+    "grads = per_example_grads(model, x, y, chunk_size=8)": _training_dp,
+    "summary = Trainer(cfg).fit()": _training_api,
+}
+"""A line of each example → the check of what it printed and produced."""
+
+SHRINK: dict[str, list[tuple[str, str]]] = {  # the default run's reduced sizes; -m slow runs as written
+    "rows = compare(": [('epochs=1,', 'epochs=1, train_subset=64, test_subset=32,')],
+    "result = signal_propagation(model, input_shape=(8, 3, 224, 224), gradients=True)": [
+        ('create_model("nf_resnet50", skipinit_gain=1.0)', 'create_model("nf_resnet50", skipinit_gain=1.0, width=0.25)'),
+        ("input_shape=(8, 3, 224, 224)", "input_shape=(8, 3, 64, 64)")],
+    "summary = Trainer(cfg).fit()": [("epochs=2,", "epochs=2, train_subset=64, test_subset=32,")],
+}
+SLOW = {"rows = compare("}  # four training runs even when shrunk (tests/test_compare.py covers compare)
+
+
+def _key(code: str) -> str | None:
+    keys = [k for k in CHECKS if k in code]
+    return keys[0] if len(keys) == 1 else None
 
 
 def _blocks() -> list:
     out = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for i, m in enumerate(FENCE.finditer(path.read_text())):
-            out.append(pytest.param(f"{path.name}#{i}", m.group(2), bool(m.group(1)), id=f"{path.name}#{i}"))
+            where, code, fragment = f"{path.name}#{i}", m.group(2), bool(m.group(1))
+            key = _key(code)
+            if key in SHRINK:
+                out.append(pytest.param(where, code, fragment, True, id=where,
+                                        marks=[pytest.mark.slow] if key in SLOW else []))
+                out.append(pytest.param(where, code, fragment, False, id=f"{where}-as-written",
+                                        marks=pytest.mark.slow))
+            else:
+                out.append(pytest.param(where, code, fragment, False, id=where))
     return out
 
 
-@pytest.mark.parametrize("where, code, fragment", _blocks())
-def test_doc_example_runs(where: str, code: str, fragment: bool, tmp_path, monkeypatch) -> None:
-    compiled = compile(code, where, "exec")
+def test_every_check_matches_one_example():
+    codes = [m.group(2) for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+             for m in FENCE.finditer(path.read_text()) if not m.group(1)]
+    for key in CHECKS:
+        assert sum(key in c for c in codes) == 1, f"check {key!r} matches no example, or several"
+
+
+@pytest.mark.parametrize("where, code, fragment, shrink", _blocks())
+def test_doc_example(where: str, code: str, fragment: bool, shrink: bool, tmp_path, monkeypatch) -> None:
+    compile(code, where, "exec")
     if fragment:
         return
-    for module in OPTIONAL:
-        if re.search(rf"^\s*import {module}\b", code, re.M):
-            pytest.importorskip(module)
+    key = _key(code)
+    assert key is not None, f"{where}: add a check of what this example prints or produces to CHECKS"
+    if shrink:
+        for old, new in SHRINK[key]:
+            assert old in code, f"{where}: the example changed; update SHRINK ({old!r})"
+            code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(ROOT / "tests"), *sys.path])  # examples using test fixtures
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    exec(compiled, {"__name__": "__doc_example__"})
+    ns: dict = {"__name__": "__doc_example__"}
+    buf = io.StringIO()
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(buf):
+        exec(compile(code, where, "exec"), ns)
+    CHECKS[key](ns, buf.getvalue(), tmp_path)

@@ -19,6 +19,8 @@ def test_intermediates_match_feature_info(name, kw):
     with torch.no_grad():
         feats = model.forward_intermediates(x)
         torch.testing.assert_close(feats[-1], model.forward_features(x), rtol=0, atol=0)
+        # the classifier sees the global average of the features (eval: dropout off)
+        torch.testing.assert_close(model(x), model.fc(feats[-1].mean(dim=(2, 3))))
     info = model.feature_info
     assert len(feats) == len(info) == len(model.stages) + 1
     assert info[-1]["num_chs"] == model.num_features and info[-1]["module"] == "final"

@@ -175,3 +175,27 @@ def test_ws_conv_1d_3d(dims):
     out = conv(x)
     assert out.shape == (2, 6) + (4,) * dims
     torch.testing.assert_close(out, ref)
+
+
+def test_avgpool_same_excludes_padded_cells():
+    from normfree.layers import AvgPoolSame
+
+    x = torch.randn(2, 3, 5, 7)
+    out = AvgPoolSame()(x)  # TF SAME at odd sizes: pad (0, 1); the last row/column average fewer cells
+    assert out.shape == (2, 3, 3, 4)
+    torch.testing.assert_close(out[..., -1, -1], x[..., -1, -1])  # a corner window holds one real cell
+    torch.testing.assert_close(out[..., -1, 0], x[..., -1, :2].mean(-1))
+    torch.testing.assert_close(out[..., :2, :3], F.avg_pool2d(x[..., :4, :6], 2, 2))
+
+
+def test_gamma_act_applies_gamma_times_scale():
+    x = torch.randn(100)
+    act = GammaAct("relu", scale=0.6)
+    assert act.factor == pytest.approx(GAMMAS["relu"] * 0.6)
+    torch.testing.assert_close(act(x), torch.relu(x) * GAMMAS["relu"] * 0.6)
+
+
+def test_stochastic_depth_keeps_with_probability_one_minus_rate():
+    torch.manual_seed(0)
+    mask = StochasticDepth(0.2)(torch.ones(20_000, 1))
+    assert abs(mask.mean().item() - 0.8) < 0.01  # binomial std 0.003

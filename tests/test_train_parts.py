@@ -117,3 +117,62 @@ def test_checkpoint_refuses_non_finite_and_keeps_old_file(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(NormfreeError, match="junk.safetensors is not a safetensors file"):
         load_checkpoint(tmp_path / "junk.safetensors")
+
+
+def test_step_generator_streams_depend_on_every_key_and_its_position():
+    draws = {keys: torch.rand(4, generator=step_generator(*keys)) for keys in
+             [(0, 1, 2), (0, 2, 1), (1, 0, 2), (0, 1, 3), (0, 1)]}
+    for a in draws:
+        for b in draws:
+            assert a == b or not torch.equal(draws[a], draws[b]), (a, b)
+    assert torch.equal(torch.rand(4, generator=step_generator(0, 1, 2)), draws[(0, 1, 2)])  # reproducible
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0)])
+def test_mix_batch_targets_weigh_classes_by_their_share_of_the_image(mixup, cutmix):
+    """Example i is a constant image of value i and class i: the mixed pixels and the soft target must agree."""
+    n = 8
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()
+    t = torch.eye(n)
+    for seed in range(4):
+        mx, mt = mix_batch(x, t, step_generator(seed), mixup, cutmix)
+        assert torch.allclose(mt.sum(1), torch.ones(n))
+        if cutmix:  # share of the pixels that still hold example i's own value
+            own = (mx == x).float().mean(dim=(1, 2, 3))
+            partner = mt.clone()
+            partner[torch.arange(n), torch.arange(n)] = 0
+            moved = partner.sum(1) > 0
+            torch.testing.assert_close(mt[torch.arange(n), torch.arange(n)][moved], own[moved])
+        else:  # every pixel is the target-weighted mean of the classes' values
+            torch.testing.assert_close(mx[:, 0, 0, 0], mt @ torch.arange(n, dtype=torch.float32))
+        assert (mt.max(1).values < 1).any()
+
+
+def test_demo_train_and_test_splits_are_disjoint():
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    train, test = load_data("demo", "train"), load_data("demo", "test")
+    images = torch.from_numpy((load_digits().images * (255 / 16)).round()).to(torch.uint8)
+    assert torch.equal(train.x[..., 0], images[:1500]) and torch.equal(test.x[..., 0], images[1500:])
+
+
+def test_every_micro_batch_draws_its_own_random_stream(tmp_path, monkeypatch):
+    """Augmentation, mixup and stochastic depth of each (step, micro-batch) come from a distinct generator."""
+    import normfree.train.trainer as trainer_mod
+    from normfree.train.trainer import Trainer
+
+    keys = []
+    real = trainer_mod.step_generator
+
+    def spy(*k):
+        keys.append(k)
+        return real(*k)
+
+    monkeypatch.setattr(trainer_mod, "step_generator", spy)
+    cfg = TrainConfig(model="nf_cifar_resnet20", data="synthetic", out_dir=str(tmp_path / "run"), epochs=1,
+                      model_kwargs={"width": 0.25}, train_subset=32, test_subset=16, batch_size=16, accum_steps=2,
+                      seed=3)
+    Trainer(cfg).fit()
+    steps = [k for k in keys if len(k) == 3]  # (seed, step, micro-batch)
+    assert sorted(steps) == [(3, s, j) for s in range(2) for j in range(2)]
