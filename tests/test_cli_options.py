@@ -52,6 +52,10 @@ TRAIN_FLAGS = {  # field: (what the user types, what the config must hold); all 
     "seed": ("7", 7), "device": ("cpu", "cpu"), "amp": ("off", False), "channels_last": ("0", False),
     "compile": ("yes", True), "grad_checkpointing": ("true", True), "eval_every": ("2", 2),
     "log_every": ("5", 5), "spp_every": ("10", 10), "eval_batch_size": ("64", 64), "tta_flip": ("on", True),
+    "divergence": ("warn", "warn"), "divergence_factor": ("8", 8.0), "divergence_patience": ("20", 20),
+    "dp": ("true", True), "epsilon": ("8", 8.0), "delta": ("1e-6", 1e-6), "max_grad_norm": ("0.5", 0.5),
+    "noise_multiplier": ("1.1", 1.1), "accountant": ("prv", "prv"), "augmult": ("2", 2),
+    "dp_physical_batch": ("16", 16), "dp_engine": ("opacus", "opacus"), "init": ("default", "default"),
 }
 
 

@@ -69,8 +69,10 @@ def _baselines_compare(ns: dict, out: str, tmp: Path) -> None:
 
 def _models_table(ns: dict, out: str, tmp: Path) -> None:
     m = ns["model"]
-    assert (m.train_size, m.test_size, m.drop_rate, m.input_size) == (192, 256, 0.2, 256)
-    assert m.eval_settings["crop_pct"] and m.fc.out_features == 1000
+    cfg = m.pretrained_cfg
+    assert (cfg["input_size"], cfg["test_input_size"], m.drop_rate, m.input_size) == ((3, 192, 192), (3, 256, 256),
+                                                                                       0.2, 256)
+    assert cfg["crop_pct"] == 0.8889 and m.get_classifier() is m.fc and m.fc.out_features == 10  # reset_classifier(10)
     assert [len(s) for s in ns["tiny"].stages] == [1, 2, 1, 1] and ns["tiny"].fc.out_features == 10
 
 
@@ -138,7 +140,41 @@ def _training_api(ns: dict, out: str, tmp: Path) -> None:
     assert {"config.yaml", "metrics.jsonl", "summary.json", "last.safetensors"} <= {p.name for p in run.iterdir()}
 
 
+def _baselines_init(ns: dict, out: str, tmp: Path) -> None:
+    lines = _lines(out)
+    variances = ast.literal_eval(lines[0])
+    assert variances and all(0.5 < v < 2 for v in variances)  # AutoInit: unit variance per block
+    assert lines[-1] == "True"  # Proxy Norm is batch-independent
+    r = ns["result"]
+    assert r.forward_passes > 0 and r.backward_passes > 0 and min(r.scales.values()) > 0
+    assert lines[-2].split()[:2] == [str(r.forward_passes), str(r.backward_passes)]
+
+
+def _models_features_only(ns: dict, out: str, tmp: Path) -> None:
+    info = ns["backbone"].feature_info
+    assert (info.channels(), info.reduction()) == ([12, 12, 69], [4, 8, 32])  # what the comment promises
+    assert [tuple(m.shape) for m in ns["maps"]] == [(1, c, 64 // r, 64 // r) for c, r in
+                                                    zip(info.channels(), info.reduction())]
+    assert not hasattr(ns["backbone"], "fc")
+
+
+def _privacy_opacus(ns: dict, out: str, tmp: Path) -> None:
+    lines = _lines(out)
+    assert "BatchNorm" in lines[0]
+    assert lines[-1].startswith("epsilon after one epoch: ") and float(lines[-1].split(": ")[1]) > 0
+    assert ns["engine"].accountant.history  # the accountant saw the epoch's steps
+
+
+def _speedrun_init(ns: dict, out: str, tmp: Path) -> None:
+    variances = ast.literal_eval(_lines(out)[-1])
+    assert variances and all(abs(v - 1) < 0.05 for v in variances)  # "1.0 at every GELU input"
+
+
 CHECKS: dict[str, Callable[[dict, str, Path], None]] = {
+    "report = autoinit(model)": _baselines_init,
+    'backbone = normfree.create_model("nf_regnet_b0", features_only=True': _models_features_only,
+    "engine = PrivacyEngine()": _privacy_opacus,
+    "model.init_from_data(images)": _speedrun_init,
     'model = normfree.create_model("nf_resnet50", num_classes=1000, drop_rate=0.25)': _readme_use,
     'print(f"{prefix:9s}", tuple(model(x).shape))': _baselines_table,
     'gn16 = resnet(56, small_input=True, norm="gn", std_conv=True, ws="plain",': _baselines_builders,
