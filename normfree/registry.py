@@ -130,6 +130,14 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names
 
 
+def literal_or_word(text: str) -> Any:
+    """A Python literal (``1``, ``False``, ``{'a': 1}``), else the stripped text as a string (``silu``)."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"nf_resnet50:std_conv=False,width=1"`` → ``("nf_resnet50", {"std_conv": False, "width": 1})``.
 
@@ -141,8 +149,5 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ModelSpecError(f"bad model option {item!r} in {spec!r}; write NAME:key=value,key=value")
-        try:
-            kwargs[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            kwargs[key.strip()] = value.strip()
+        kwargs[key.strip()] = literal_or_word(value)
     return name, kwargs

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import statistics
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import literal_or_word
 
 
 def parse_settings(items: list[str]) -> dict[str, Any]:
@@ -19,10 +19,7 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"bad --set {item!r}; write KEY=VALUE, e.g. --set agc_clip=0.04")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
+        out[key.strip()] = literal_or_word(value)
     return out
 
 
