@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,15 +162,15 @@ def _module(name: str):
     return mod
 
 
-def test_lane_plan_order_and_stale_locks(tmp_path, monkeypatch):
+def test_lane_plan_order_and_stale_locks(tmp_path):
     lanes = _module("lanes")
-    monkeypatch.setattr(lanes, "EXP", tmp_path)
     plan = {"common": {"tta_flip": True}, "stages": [
         {"name": "a", "table": "t", "common": {"epochs": 2},
          "runs": [{"name": "x", "recipe": "nf_paper", "seeds": [0, 1]},
                   {"name": "y", "recipe": "bn_paper", "seeds": [0, 1, 2], "set": {"lr": 0.2}}]}]}
-    runs = list(lanes.expand(plan))
+    runs = list(lanes.expand(plan, exp=tmp_path))
     assert [(r["name"], r["seed"]) for r in runs] == [("x", 0), ("y", 0), ("x", 1), ("y", 1), ("y", 2)]
+    assert runs[4]["dir"] == tmp_path / "t" / "y_s2"
     assert runs[1]["values"] == {"tta_flip": True, "epochs": 2, "lr": 0.2, "seed": 0}
     assert lanes.flags({"model_kwargs": {"a": 1}, "tta_flip": True}) == [
         "--model-kwargs", '{"a": 1}', "--tta-flip", "true"]
@@ -177,6 +178,29 @@ def test_lane_plan_order_and_stale_locks(tmp_path, monkeypatch):
     assert lanes.claim(d) and not lanes.claim(d)  # held by this (live) process
     (d / ".lane.lock").write_text("999999999")  # a dead lane's lock
     assert lanes.claim(d)
+
+
+def test_lane_loop_marks_failures_and_stops_when_interrupted(tmp_path):
+    lanes = _module("lanes")
+    runs = [{"table": "t", "dir": tmp_path / name, "rc": rc}
+            for name, rc in (("ok", 0), ("bad", 3), ("cut", 130), ("later", 0))]
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / ".lane.lock").write_text(str(os.getpid()))  # a live lane holds this one
+    runs.insert(1, {"table": "t", "dir": tmp_path / "held", "rc": 0})
+    ran, after = [], []
+
+    def command_of(run):
+        ran.append(run["dir"].name)
+        return [sys.executable, "-c", f"print('step'); raise SystemExit({run['rc']})"]
+
+    def state_of(run):
+        return "done" if (run["dir"] / "done").exists() else "todo"
+
+    assert lanes.run_plan(runs, command_of, state_of, after=lambda r: after.append(r["dir"].name)) == 130
+    assert ran == ["ok", "bad", "cut"] and after == ["ok"]  # held skipped, "later" left for the next lane
+    assert (tmp_path / "bad" / "failed").read_text() == "3\n" and not (tmp_path / "cut" / "failed").exists()
+    assert (tmp_path / "ok" / "stdout.log").read_text() == "step\n"
+    assert not (tmp_path / "cut" / ".lane.lock").exists() and (tmp_path / "held" / ".lane.lock").exists()
 
 
 def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
