@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import NoReturn
 
-from .errors import NormfreeError
+from .errors import NormfreeError, TrainingInterrupted
 
 SUBCOMMANDS = ("demo", "models", "spp", "train", "recipes", "eval", "convert", "bench", "compare", "speedrun")
 """Modules of :mod:`normfree.commands`; each defines ``add_parser(subparsers)`` that sets ``func``."""
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as err:
+        print(f"normfree {args.command}: {err}", file=sys.stderr)
+        return 130
     except NormfreeError as err:
         print(f"normfree {args.command}: error: {err}", file=sys.stderr)
         return 2
