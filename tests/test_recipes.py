@@ -203,7 +203,7 @@ def test_lane_loop_marks_failures_and_stops_when_interrupted(tmp_path):
     assert not (tmp_path / "cut" / ".lane.lock").exists() and (tmp_path / "held" / ".lane.lock").exists()
 
 
-def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
+def test_summarizer_rows_from_a_real_run(tmp_path):
     summarize = _module("summarize")
     run = tmp_path / "headline_b64" / "nf_x_s3"
     cfg = TrainConfig.from_dict(load_recipe("nf_cifar"))
@@ -211,8 +211,7 @@ def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
                               seed=3, lr=0.2, tta_flip=False, out_dir=str(run), device="cpu",
                               model_kwargs={**cfg.model_kwargs, "width": 0.25})
     Trainer(cfg).fit()
-    monkeypatch.setattr(summarize, "EXP", tmp_path)
-    rows = summarize.collect()
+    rows = summarize.collect(tmp_path)
     assert len(rows) == 1
     r = rows[0]
     summary = json.loads((run / "summary.json").read_text())
@@ -227,3 +226,34 @@ def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
     summarize.figure(rows, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert os.path.getsize(tmp_path / "r.csv") > 0
+
+
+def _row(table, cell, seed, top1):
+    return {"table": table, "cell": cell, "net": cell.split("_")[0], "seed": seed, "top1": top1,
+            "recipe": f"{cell.split('_')[0]}_cifar"}
+
+
+def test_headline_means_targets_and_the_sweep_choice():
+    summarize = _module("summarize")
+    rows = [_row("headline_b128_e10", "nf", s, v) for s, v in ((0, 83.0), (1, 82.0), (2, 82.5))]
+    rows += [_row("headline_b128_e10", "bn", s, v) for s, v in ((0, 83.0), (1, 82.6), (2, 83.3))]  # NF − BN = −0.47
+    rows += [_row("headline_b128_e30", "nf", 0, 90.0), _row("headline_b128_e30", "bn", 0, 89.8)]
+    # batch 4: NF's best lr by seed 0 is lr1 (its seed 1 is low, but must not change the choice), BN's lr3
+    rows += [_row("sweep_b4_e10", "nf_lr1", 0, 80.0), _row("sweep_b4_e10", "nf_lr1", 1, 78.0),
+             _row("sweep_b4_e10", "nf_lr2", 0, 79.5), _row("sweep_b4_e10", "bn_lr2", 0, 70.0),
+             _row("sweep_b4_e10", "bn_lr3", 0, 75.0), _row("sweep_b4_e10", "bn_lr3", 1, 75.0)]
+    lines = summarize.headline(rows).splitlines()[2:]
+    cols = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cols[0][1].startswith("**82.50** (83.00, 82.00, 82.50)") and cols[0][3:] == ["-0.47", "≥ -0.3", "missed"]
+    assert cols[1][3:] == ["+0.20", "≥ -0.3", "met, 1 of 2 seeds"]
+    assert cols[2][1].startswith("**79.00**") and cols[2][2].startswith("**75.00**")
+    assert cols[2][3:] == ["+4.00", "≥ +3.0", "met"]
+    assert cols[3][1:4] == ["pending", "pending", "–"] and cols[3][5] == "pending"
+
+
+def test_readme_headline_is_the_one_the_committed_logs_give():
+    """The README's CIFAR-10 numbers are regenerated from the committed runs, never typed in."""
+    summarize = _module("summarize")
+    text = summarize.README.read_text()
+    start, end = (text.index(m) for m in summarize.HEADLINE)
+    assert text[start + len(summarize.HEADLINE[0]):end].strip() == summarize.headline(summarize.collect())
