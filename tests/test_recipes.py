@@ -203,6 +203,31 @@ def test_lane_loop_marks_failures_and_stops_when_interrupted(tmp_path):
     assert not (tmp_path / "cut" / ".lane.lock").exists() and (tmp_path / "held" / ".lane.lock").exists()
 
 
+def test_lanes_reread_the_plan_and_respect_holds(tmp_path):
+    lanes = _module("lanes")
+    plan = {"stages": [{"name": "b", "table": "t", "hold": True,
+                        "runs": [{"name": "y", "recipe": "nf_paper", "seeds": [0]}]},
+                       {"name": "a", "table": "t", "runs": [{"name": "x", "recipe": "nf_paper", "seeds": [0]}]}]}
+    listed = [(r["name"], lanes.state(r)) for r in lanes.expand(plan, exp=tmp_path)]
+    assert listed == [("y", "held"), ("x", "todo")]
+    assert [r["hold"] for r in lanes.expand(plan, stage="b", exp=tmp_path)] == [False]  # named: runs
+    ran = []
+
+    def runs():  # the plan as the lane reads it before each claim; the first run releases the hold
+        if ran:
+            plan["stages"][0]["hold"] = False
+        return list(lanes.expand(plan, exp=tmp_path))
+
+    def command_of(run):
+        ran.append(run["name"])
+        (run["dir"] / "done").touch()
+        return [sys.executable, "-c", "pass"]
+
+    state_of = lambda r: "done" if (r["dir"] / "done").exists() else "todo"  # noqa: E731
+    assert lanes.run_plan(runs, command_of, state_of) == 0
+    assert ran == ["x", "y"]  # the held stage waited although it comes first, and ran once released
+
+
 def test_summarizer_rows_from_a_real_run(tmp_path):
     summarize = _module("summarize")
     run = tmp_path / "headline_b64" / "nf_x_s3"
