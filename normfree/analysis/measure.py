@@ -82,6 +82,7 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
             x = make_inputs(model, batch=batch, size=size, seed=seed)
         result = signal_propagation(model, x, seed=seed, gradients=gradients)
         result.model = spec
+        result.inputs = f"images from {Path(data).name}" if data else "N(0,1)"
         results.append(result)
     return results
 
