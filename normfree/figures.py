@@ -2,16 +2,18 @@
 state and no backend switch in the caller's process), legends outside the panels, and accuracy axes
 that a fraction of a point cannot fill.
 
-The builders return the ``Figure`` (tests and notebooks inspect it); :func:`save` writes it.
+The builders return the ``Figure`` (tests and notebooks inspect it); :func:`save` writes it. matplotlib
+is imported when a figure is made, not with normfree (it costs seconds on a slow disk).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 ACCURACY_MIN_SPAN = 5.0
 """Percentage points an accuracy axis spans at least, so a 0.3-point wiggle stays a wiggle."""
@@ -19,6 +21,8 @@ ACCURACY_MIN_SPAN = 5.0
 
 def new_figure(width: float, height: float) -> Figure:
     """A figure with constrained layout, which keeps legends placed ``outside`` clear of the panels."""
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 

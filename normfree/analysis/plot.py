@@ -18,17 +18,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError
 from ..figures import legend_below, new_figure, save
 from .spp import SPPResult
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FORWARD = ("average channel squared mean", "average channel variance", "residual-branch variance")
 BACKWARD = ("gradient norm at block output", "gradient variance at block output")
@@ -106,7 +104,8 @@ def _gain_text(gains: set[float]) -> str:
     return text + (": every block outputs its shortcut" if gains == {0.0} else "")
 
 
-def _labels_and_settings(results: Sequence[SPPResult], title: str | None) -> tuple[list[str], str]:
+def _labels_and_settings(results: Sequence[SPPResult], title: str | None,
+                         when: str = "at init") -> tuple[list[str], str]:
     """Curve labels, and the settings line: what the title does not already say about the inputs and
     the skip gains at init. One gain shared by every model that has one goes in the settings line,
     different gains go into the labels."""
@@ -120,7 +119,7 @@ def _labels_and_settings(results: Sequence[SPPResult], title: str | None) -> tup
     shared = {frozenset(g) for g in gains if g}
     labels = [r.model for r in results]
     if len(shared) == 1 and "skip gain" not in said:
-        parts.append(f"skip gain at init {_gain_text(set(next(iter(shared))))}")
+        parts.append(f"skip gain {when} {_gain_text(set(next(iter(shared))))}")
     elif len(shared) > 1:
         labels = [f"{r.model} (skip gain {_gain_text(g)})" if g and "skipinit_gain=" not in r.model
                   else r.model for r, g in zip(results, gains)]
@@ -150,12 +149,16 @@ def spp_figure(results: SPPResult | Sequence[SPPResult], title: str | None = Non
 def spp_history_figure(history: Sequence[SPPResult], title: str | None = None) -> Figure:
     """SPPs measured during one training run (``step`` set on each), one line per step coloured by step
     (a colour bar, not a legend); the expected curve is left out, it holds only at init."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     history = sorted(history, key=lambda r: r.step or 0)
     if not history:
         raise ConfigError("nothing to plot: no SPPs were recorded")
     steps = [r.step or 0 for r in history]
     norm, cmap = Normalize(min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1), colormaps["viridis"]
-    labels, settings = _labels_and_settings(history[:1], title)
+    labels, settings = _labels_and_settings(history[:1], title, "at init" if steps[0] == 0 else f"at step {steps[0]}")
     grads = any(r.grad_norm is not None for r in history)
     fig = new_figure(15, 7.6 if grads else 4.4)
     axes = _draw(fig, [_lines(r, cmap(norm(s)), f"step {s}", expected=False) for r, s in zip(history, steps)],
