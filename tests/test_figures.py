@@ -301,3 +301,11 @@ def test_real_image_like_inputs_get_no_scaled_ws_advice(tmp_path):
     assert "Residual-branch variance far from 1" in text and "already uses Scaled WS" in text
     assert "Scaled WS with" not in text and "std_conv=True" not in text
     assert math.isfinite(r.stem_var)
+
+
+def test_panels_without_curves_are_left_out(tmp_path):
+    """Nets without residual branches (the speedrun nets) get no empty residual panel."""
+    fig = render(spp_figure([fake(res_var=[None] * 6)]), tmp_path)
+    assert [ax.get_title() for ax in data_axes(fig)] == list(FORWARD[:2])
+    fig = render(spp_figure([fake(res_var=[None] * 6, grad_norm=[1.0] * 6, grad_var=[2.0] * 6)]), tmp_path)
+    assert [ax.get_title() for ax in data_axes(fig)] == [*FORWARD[:2], *BACKWARD]

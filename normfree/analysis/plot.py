@@ -2,8 +2,8 @@
 official code; dotted vertical lines mark transition blocks):
 
 - forward panels: average channel squared mean, variance (expected curve dashed), residual-branch
-  variance; when gradients were measured, a second row with the backward pass: the gradient norm and
-  variance at every block output;
+  variance (when a branch was measured); when gradients were measured, a second row with the backward
+  pass: the gradient norm and variance at every block output;
 - :func:`spp_figure` overlays models (one colour each, legend under the panels);
   :func:`spp_history_figure` overlays the SPPs of one training run, one line per measured step,
   coloured by step.
@@ -84,15 +84,17 @@ def _panel(ax: Axes, title: str, lines: list[_Line], transition: Sequence[bool])
 
 
 def _draw(fig: Figure, per_result: list[list[list[_Line]]], transition: Sequence[bool]) -> list[Axes]:
-    """Lay out the forward panels, plus the backward row when any result holds gradients."""
-    panels = [sum((p[k] for p in per_result), []) for k in range(5)]
-    grads = bool(panels[3])
-    axes = list(fig.subplots(2 if grads else 1, 3, squeeze=False).ravel())
-    if grads:
-        axes.pop().remove()  # two backward panels: the sixth cell stays empty
-    for ax, title, lines in zip(axes, FORWARD + BACKWARD, panels):
+    """Lay out the panels that have curves: squared mean and variance always, the residual-branch
+    panel when a branch was measured, the backward panels when gradients were (a second row)."""
+    panels = [(title, sum((p[k] for p in per_result), [])) for k, title in enumerate(FORWARD + BACKWARD)]
+    panels = [(title, lines) for k, (title, lines) in enumerate(panels) if k < 2 or lines]
+    cols = 3 if len(panels) in (3, 5) else 2
+    axes = list(fig.subplots(-(-len(panels) // cols), cols, squeeze=False).ravel())
+    for ax in axes[len(panels):]:
+        ax.remove()  # 5 panels in a 2x3 grid: the sixth cell stays empty
+    for ax, (title, lines) in zip(axes, panels):
         _panel(ax, title, lines, transition)
-    return axes
+    return axes[:len(panels)]
 
 
 def _gains(r: SPPResult) -> set[float]:
@@ -111,7 +113,7 @@ def _labels_and_settings(results: Sequence[SPPResult], title: str | None,
     different gains go into the labels."""
     said = (title or "").lower()
     parts = []
-    if "input" not in said and "image" not in said:
+    if "input" not in said and "image" not in said and any(r.inputs for r in results):
         kinds = sorted({r.inputs or "given inputs" for r in results})
         shapes = sorted({"x".join(map(str, r.input_shape)) for r in results})
         parts.append(f"inputs: {', '.join(kinds)}, {' / '.join(shapes)}")
