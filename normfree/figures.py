@@ -53,6 +53,13 @@ def accuracy_limits(values: Sequence[float], min_span: float = ACCURACY_MIN_SPAN
     return lo, hi
 
 
+def data_label(spec: str) -> str:
+    """A data spec for a title, paths cut to their last part (``npz:/data/cifar10`` → ``npz:cifar10``):
+    figures are shared, machine paths are not."""
+    kind, _, where = spec.rpartition(":")
+    return f"{kind}{':' if kind else ''}{Path(where).name if '/' in where else where}"
+
+
 def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Write ``fig`` (format from the suffix) and return the path."""
     path = Path(path)

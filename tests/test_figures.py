@@ -16,7 +16,7 @@ from normfree.analysis import (SPPResult, diagnose, find_problems, signal_propag
                                spp_history_figure)
 from normfree.analysis.measure import measure, write
 from normfree.analysis.plot import BACKWARD, FORWARD
-from normfree.figures import ACCURACY_MIN_SPAN, accuracy_limits
+from normfree.figures import ACCURACY_MIN_SPAN, accuracy_limits, data_label
 from normfree.train import compare as compare_mod
 from normfree.train.metrics import plot_run, run_figure
 
@@ -309,3 +309,9 @@ def test_panels_without_curves_are_left_out(tmp_path):
     assert [ax.get_title() for ax in data_axes(fig)] == list(FORWARD[:2])
     fig = render(spp_figure([fake(res_var=[None] * 6, grad_norm=[1.0] * 6, grad_var=[2.0] * 6)]), tmp_path)
     assert [ax.get_title() for ax in data_axes(fig)] == [*FORWARD[:2], *BACKWARD]
+
+
+@pytest.mark.parametrize("spec, label", [("npz:/data/sets/cifar10", "npz:cifar10"), ("synthetic", "synthetic"),
+                                         ("/x/y/test.npz", "test.npz"), ("demo", "demo")])
+def test_titles_carry_no_machine_paths(spec, label):
+    assert data_label(spec) == label

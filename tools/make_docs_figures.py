@@ -84,17 +84,23 @@ def history(data: str | None) -> None:
                       "test_subset": 1000, "epochs": 3, "batch_size": 64, "lr": 0.05, "spp_every": 8,
                       "device": "cpu"}, Path(tmp) / "run")
         shutil.copy(run / "spp" / "spp_history.png", IMG / "spp_history_nf_cifar_resnet20.png")
+        from normfree.analysis import load_json
+
+        for r in load_json(run / "spp" / "spp_history.json"):  # the numbers the doc quotes
+            print(f"step {r.step}: skip gains {min(r.skip_gains):.3g}–{max(r.skip_gains):.3g}, var after "
+                  f"blocks 1/4/7 {r.var[0]:.3f}/{r.var[3]:.3f}/{r.var[6]:.3f}, last block {r.var[-1]:.3f}, "
+                  f"residual var {min(r.res_var):.3f}–{max(r.res_var):.3f}")
         shutil.copy(run / "plot.png", IMG / "run_plot_nf_cifar_resnet20.png")
 
 
 def curves(data: str | None) -> None:
-    """``normfree compare`` learning curves: NF vs BN ResNet-20, two seeds, 2000 CIFAR-10 images."""
+    """``normfree compare`` learning curves: NF vs BN ResNet-20, two seeds, 512 CIFAR-10 images."""
     from normfree.train.compare import compare
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cmp"
-        rows = compare(["nf_cifar_resnet20", "bn_cifar_resnet20"], f"npz:{data}", out, batch_sizes=(64,),
-                       epochs=4, lr=0.05, lr_batch=64, train_subset=2000, test_subset=1000, seed=(0, 1),
+        rows = compare(["nf_cifar_resnet20", "bn_cifar_resnet20"], f"npz:{data}", out, batch_sizes=(32,),
+                       epochs=3, lr=0.05, lr_batch=32, train_subset=512, test_subset=500, seed=(0, 1),
                        device="cpu")
         shutil.copy(out / "curves.png", IMG / "compare_curves_cifar_resnet20.png")
         print(json.dumps([(r["model"], r["seed"], r["test_top1"]) for r in rows]))

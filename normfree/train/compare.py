@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..analysis.measure import measure, write
 from ..checks import POSITIVE_INT, Domain, check_number, check_out_dir
 from ..errors import ConfigError, NormfreeError
-from ..figures import accuracy_limits, legend_below, new_figure, save
+from ..figures import accuracy_limits, data_label, legend_below, new_figure, save
 from ..registry import get_entry, parse_model_spec
 from .config import TrainConfig
 from .data import parse_data_spec
@@ -126,7 +126,7 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
                 "seed": seeds[0] if len(seeds) == 1 else seeds, "device": device, "train_kwargs": train_kwargs,
                 "spp_models": spp_specs, **_machine()}
     write_table(rows, settings, out)
-    plot_curves(rows, out / "curves.png", title=f"test top-1 per epoch, {data}, train subset "
+    plot_curves(rows, out / "curves.png", title=f"test top-1 per epoch, {data_label(data)}, train subset "
                 f"{train_subset or 'all'}, lr {lr} × batch / {lr_batch}")
     return rows
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
-from ..figures import accuracy_limits, legend_below, new_figure, save
+from ..figures import accuracy_limits, data_label, legend_below, new_figure, save
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -56,7 +56,7 @@ def _run_title(run_dir: Path) -> str:
         return run_dir.name
     kwargs = ",".join(f"{k}={v}" for k, v in (cfg.get("model_kwargs") or {}).items())
     model = f"{cfg.get('model', run_dir.name)}{':' if kwargs else ''}{kwargs}"
-    return (f"{model} on {cfg.get('data', '?')}, batch {cfg.get('batch_size', '?')}, "
+    return (f"{model} on {data_label(str(cfg.get('data', '?')))}, batch {cfg.get('batch_size', '?')}, "
             f"peak lr {cfg.get('lr', '?')}, {cfg.get('epochs', '?')} epoch(s)")
 
 
