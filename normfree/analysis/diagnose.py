@@ -128,8 +128,8 @@ def _residual_fix(r: SPPResult) -> str:
     """What keeps residual-branch variance near 1, leaving out what the model already has."""
     low = all(v is None or v < 1 for v in r.res_var)
     if r.std_conv and low and r.stem_var < 0.5:
-        return ("The model already uses Scaled WS, so the low branch variance follows the input's (see the "
-                "note below): on N(0,1) inputs the same net keeps it near 1.")
+        return ("The model already uses Scaled WS, so the low branch variance follows from the low-variance "
+                "input (the stem note says why): on N(0,1) inputs the same net keeps it near 1.")
     remedies = [text for has, text in ((r.std_conv, "Scaled WS with the activation's γ"),
                                        (r.normalized, "He init with normalization")) if not has]
     if not remedies:
