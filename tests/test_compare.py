@@ -69,6 +69,7 @@ def test_compare_writes_figure_and_table_and_every_variant_trains(tmp_path):
                    train_subset=64, test_subset=32, spp_batch=4, spp_skipinit_gain=1.0, device="cpu",
                    warmup_epochs=0)
     assert (tmp_path / "spp.png").stat().st_size > 10_000
+    assert (tmp_path / "curves.png").stat().st_size > 10_000  # learning curves (tests/test_figures.py looks)
     spp = json.loads((tmp_path / "spp.json").read_text())
     labels = [r["model"] for r in spp["results"]]
     assert labels == ["nf_cifar_resnet20:width=0.5,skipinit_gain=1.0", "fixup_cifar_resnet20:width=0.5"]

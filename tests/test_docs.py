@@ -4,7 +4,8 @@ Blocks fenced as ```python fragment are excerpts that need the reader's own obje
 loader, downloaded weights) and are only compiled. Every other block needs an entry in CHECKS (keyed by
 a line of its code), which asserts on its namespace, its printed output and the files it wrote. Blocks
 that run full-size models or real training run at a reduced size by default (SHRINK: each replacement
-must match the block, so an edited example fails loudly) and as written under ``-m slow``.
+must match the block, so an edited example fails loudly) and as written under ``-m slow``. Examples
+that start processes (SCRIPTS) run as real scripts in a subprocess, not with ``exec``.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import ast
 import contextlib
 import io
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -61,10 +64,12 @@ def _baselines_slopes(ns: dict, out: str, tmp: Path) -> None:
 
 def _baselines_compare(ns: dict, out: str, tmp: Path) -> None:
     rows = ast.literal_eval(_lines(out)[-1])
-    assert sorted((m, b) for m, b, _ in rows) == [(m, b) for m in ("nf_cifar_resnet20", "skipinit_cifar_resnet20")
-                                                  for b in (4, 32)]
+    assert sorted((m, b, s) for m, b, s, _ in rows) == [(m, b, s) for m in ("nf_cifar_resnet20",
+                                                                          "skipinit_cifar_resnet20")
+                                                        for b in (4, 32) for s in (0, 1)]
     assert all(0 <= top1 <= 100 for *_, top1 in rows)
-    assert {"spp.png", "results.md", "results.csv", "results.json"} <= {p.name for p in (tmp / "runs/cmp").iterdir()}
+    assert {"spp.png", "curves.png", "results.md", "results.csv", "results.json"} <= {
+        p.name for p in (tmp / "runs/cmp").iterdir()}
 
 
 def _models_table(ns: dict, out: str, tmp: Path) -> None:
@@ -199,7 +204,10 @@ SHRINK: dict[str, list[tuple[str, str]]] = {  # the default run's reduced sizes;
         ("input_shape=(8, 3, 224, 224)", "input_shape=(8, 3, 64, 64)")],
     "summary = Trainer(cfg).fit()": [("epochs=2,", "epochs=2, train_subset=64, test_subset=32,")],
 }
-SLOW = {"rows = compare("}  # four training runs even when shrunk (tests/test_compare.py covers compare)
+SLOW = {"rows = compare("}  # eight training runs even when shrunk (tests/test_compare.py covers compare)
+SCRIPTS = {"rows = compare("}
+"""Examples that start processes (a spawned process imports the main module again): they run as real
+scripts in a subprocess, so a missing ``if __name__ == "__main__":`` guard fails as it does for a reader."""
 
 
 def _key(code: str) -> str | None:
@@ -223,6 +231,37 @@ def _blocks() -> list:
     return out
 
 
+def _main_guarded(code: str) -> bool:
+    """True when no top-level statement calls anything outside an ``if __name__ == "__main__":`` block."""
+    def guard(node: ast.stmt) -> bool:
+        return isinstance(node, ast.If) and ast.unparse(node.test).replace("'", '"') == '__name__ == "__main__"'
+    top = [n for n in ast.parse(code).body if not guard(n) and not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    return any(guard(n) for n in ast.parse(code).body) and not any(
+        isinstance(sub, ast.Call) for n in top for sub in ast.walk(n))
+
+
+def test_examples_that_start_processes_guard_their_main_code():
+    """The fast half of SCRIPTS (running them is slow): each such example is a safe script."""
+    codes = [m.group(2) for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+             for m in FENCE.finditer(path.read_text()) if not m.group(1)]
+    for key in SCRIPTS:
+        (code,) = [c for c in codes if key in c]
+        assert _main_guarded(code), f"the example with {key!r} needs its calls under if __name__ == '__main__':"
+    assert not _main_guarded("import x\nx.run()\nif __name__ == '__main__':\n    pass\n")
+
+
+def _run_script(where: str, code: str, tmp: Path) -> str:
+    """Run ``code`` as ``python example.py`` in ``tmp``, as a reader would; its stdout."""
+    script = tmp / "example.py"
+    script.write_text(code)
+    env = {**os.environ, "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, script.name], cwd=tmp, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, f"{where} failed as a script:\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
 def test_every_check_matches_one_example():
     codes = [m.group(2) for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
              for m in FENCE.finditer(path.read_text()) if not m.group(1)]
@@ -241,6 +280,9 @@ def test_doc_example(where: str, code: str, fragment: bool, shrink: bool, tmp_pa
         for old, new in SHRINK[key]:
             assert old in code, f"{where}: the example changed; update SHRINK ({old!r})"
             code = code.replace(old, new)
+    if key in SCRIPTS:
+        CHECKS[key]({}, _run_script(where, code, tmp_path), tmp_path)
+        return
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(ROOT / "tests"), *sys.path])  # examples using test fixtures
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -208,9 +208,12 @@ def test_spp_every_records_history_and_continues_on_resume(tmp_path):
     Trainer(cfg).fit(until_epoch=1)
     history = tmp_path / "run" / "spp" / "spp_history.json"
     assert [r.step for r in load_json(history)] == [0, 3]
+    assert not history.with_suffix(".png").exists()  # drawn when training ends
     Trainer(cfg, resume=tmp_path / "run" / "last.safetensors").fit()
     records = load_json(history)
     assert [r.step for r in records] == [0, 3, 6]
+    assert history.with_suffix(".png").stat().st_size > 10_000  # the SPP-over-training figure
+    assert {r.inputs for r in records} == {"16 training images"}
     assert all(len(r.var) == 9 and all(math.isfinite(v) for v in r.var) for r in records)
 
 

@@ -23,7 +23,8 @@ GRAD_RATIO = 100.0         # first-block / last-block gradient norm (or its inve
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem: ``kind`` (mean_shift, variance, expected, residual, gradients, nonfinite), the block
+    """One problem: ``kind`` (identity, mean_shift, variance, expected, residual, gradients, nonfinite;
+    identity = every skip gain 0, so no block's branch reaches its output), the block
     where it starts, numbered as in the figure and the CSV (1 = first block; -1 when it concerns no
     single block), and a plain-words message."""
 
@@ -56,9 +57,14 @@ def _mean_shift(r: SPPResult) -> Finding | None:
         how = f"it grows with depth, from {first:.3g} after the first block to {last:.3g} after the last"
     else:
         how = "it is present from the start and does not fade"
-    fix = ("Zero-mean weights remove it: Scaled Weight Standardization (normfree: std_conv=True, the "
-           "default), or a normalization layer that re-centres the signal. A growing mean shift makes all "
-           "examples look alike to later layers and hurts training.")
+    if r.std_conv:  # never recommend what the model has: the weights are zero-mean already
+        fix = ("Every conv already has zero-mean (standardized) weights, so the shift enters between them (the "
+               "inputs, zero padding, the activations)" + ("." if r.normalized else
+                                                            "; a normalization layer re-centres it."))
+    else:
+        fix = ("Zero-mean weights remove it: Scaled Weight Standardization (normfree: std_conv=True, the "
+               "default)" + ("." if r.normalized else ", or a normalization layer that re-centres the signal."))
+    fix += " A growing mean shift makes all examples look alike to later layers and hurts training."
     return Finding("mean_shift", start + 1,
                    f"Mean shift: the average channel squared mean exceeds {MEAN_SHIFT_RATIO:.0%} of the "
                    f"variance from {_at(r, start)} on, up to {ratios[worst]:.0%} at block "
@@ -73,8 +79,8 @@ def _variance(r: SPPResult) -> Finding | None:
         return Finding("variance", i + 1,
                        f"Exploding variance: up to {max(rel):.3g}x the stem's, above "
                        f"{math.sqrt(VAR_EXPLODE):g}x from {_at(r, i)} on. Scale residual branches down (α, "
-                       "β = 1/expected std, a zero skip gain at init) or normalize; in a plain ResNet the "
-                       "variance adds up block after block.")
+                       "β = 1/expected std, a zero skip gain at init)" + ("" if r.normalized else " or normalize")
+                       + "; in a plain ResNet the variance adds up block after block.")
     if min(rel) < VAR_COLLAPSE:
         i = _first(rel, lambda x: x < math.sqrt(VAR_COLLAPSE))
         return Finding("variance", i + 1,
@@ -93,7 +99,8 @@ def _expected(r: SPPResult) -> Finding | None:
     return Finding("expected", i + 1,
                    f"Variance off the expected 1 + k·α² curve by {dev[i]:+.0%} at {_at(r, i)} "
                    f"(worst {max(dev, key=abs):+.0%}). The β/α bookkeeping assumes variance-preserving "
-                   "branches: check Scaled WS, the activation's γ and unit skip gains.")
+                   f"branches: check {'' if r.std_conv else 'Scaled WS, '}the activation's γ and the input "
+                   "scale.")
 
 
 def _residual(r: SPPResult) -> Finding | None:
@@ -102,9 +109,10 @@ def _residual(r: SPPResult) -> Finding | None:
         return None
     if all(v < 1e-8 for _, v in res):
         return Finding("residual", res[0][0] + 1,
-                       "Residual branches output exactly zero: they are zero-initialized (e.g. a zero-init "
-                       "last BN γ or SkipInit inside the branch), so the network is the identity plus "
-                       "shortcuts at init. Build with non-zero branch init to analyse propagation.")
+                       "Residual branches output exactly zero: they are zero-initialized (e.g. Fixup's zero "
+                       "last conv, a zero-init last BN γ or SkipInit inside the branch), so the network is the "
+                       "identity plus shortcuts at init. Build with non-zero branch init to analyse "
+                       "propagation.")
     far = [(i, v) for i, v in res if abs(v - 1.0) > RESIDUAL_TOLERANCE]
     if not far:
         return None
@@ -113,9 +121,38 @@ def _residual(r: SPPResult) -> Finding | None:
     return Finding("residual", i + 1,
                    f"Residual-branch variance far from 1: {v:.3g} at {_at(r, i)}, worst {worst[1]:.3g} "
                    f"at block {worst[0] + 1}, {len(far)} of {len(res)} blocks off by more than "
-                   f"{RESIDUAL_TOLERANCE}. Variance-preserving branches (Scaled WS with the activation's γ, "
-                   "or He init with normalization) keep it near 1; a low value means the branch loses "
-                   "signal, often to a mean shift the ReLUs cut off.")
+                   f"{RESIDUAL_TOLERANCE}. " + _residual_fix(r))
+
+
+def _residual_fix(r: SPPResult) -> str:
+    """What keeps residual-branch variance near 1, leaving out what the model already has."""
+    low = all(v is None or v < 1 for v in r.res_var)
+    if r.std_conv and low and r.stem_var < 0.5:
+        return ("The model already uses Scaled WS, so the low branch variance follows from the low-variance "
+                "input (the stem note says why): on N(0,1) inputs the same net keeps it near 1.")
+    remedies = [text for has, text in ((r.std_conv, "Scaled WS with the activation's γ"),
+                                       (r.normalized, "He init with normalization")) if not has]
+    if not remedies:
+        return ("The model already has standardized convs and normalization, so the branch scale comes from "
+                "the weights' own scale (plain WS gives unit-variance weights, Scaled WS 1/fan-in) or the "
+                "activations.")
+    return (f"Variance-preserving branches ({', or '.join(remedies)}) keep it near 1; a low value means the "
+            "branch loses signal, often to a mean shift the ReLUs cut off.")
+
+
+def _identity(r: SPPResult) -> Finding | None:
+    """Every skip gain 0 at init: each block outputs its shortcut, whatever its branch computes."""
+    gains = r.skip_gains
+    if not gains or any(g is None or g != 0 for g in gains):
+        return None
+    return Finding("identity", -1,
+                   f"Residual branches are off at init: all {len(gains)} skip gains are 0, so every block "
+                   "outputs its shortcut (the identity, except the transition blocks' projections) and the "
+                   "forward curves show the stem and the shortcuts, not how the branches propagate signal. "
+                   "That is the intended init for training (NF nets, SkipInit); to see the branches at work, "
+                   "measure with skip gain 1 (normfree spp --skipinit-gain 1, or build with "
+                   "skipinit_gain=1.0). The residual-branch panel is measured before the gain and stays "
+                   "meaningful.")
 
 
 def _gradients(r: SPPResult) -> Finding | None:
@@ -161,7 +198,7 @@ def find_problems(result: SPPResult) -> list[Finding]:
         i = _first([*result.var, *result.sq_mean], lambda v: not math.isfinite(v)) % len(result.var)
         return [Finding("nonfinite", i + 1, f"The signal is NaN or infinite from "
                                          f"{_at(result, i)} on; check the init and the input scale.")]
-    checks = (_mean_shift, _variance, _expected, _residual, _gradients)
+    checks = (_identity, _mean_shift, _variance, _expected, _residual, _gradients)
     found = [f for f in (check(result) for check in checks) if f is not None]
     note = _stem_note(result)
     return [Finding(f.kind, f.block, f.message + note) if f.kind in ("expected", "residual") else f

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
+from ..figures import data_label
 from ..resources import check_batch_fits
 from ..safeio import one_line
 from ..registry import create_model, get_entry, parse_model_spec
@@ -82,6 +83,7 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
             x = make_inputs(model, batch=batch, size=size, seed=seed)
         result = signal_propagation(model, x, seed=seed, gradients=gradients)
         result.model = spec
+        result.inputs = f"images from {data_label(data)}" if data else "N(0,1)"
         results.append(result)
     return results
 

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import DataError, ModelSpecError
+from ..layers.conv import _ScaledStdConvNd
+from ..layers.norms import EvoNormB0, EvoNormS0
+from ..layers.proxynorm import ProxyNormAct
 from ..models.blocks import unfolded
 from .blocks import Block, find_blocks
 from .grads import LossFn, gradient_stats
@@ -32,6 +35,11 @@ class SPPResult:
     ``res_var`` holds None where a block's residual branch is unknown. ``expected_var`` is the
     normfree prediction (1 + k·α² within a stage, reset at transitions) when it applies, else None.
     ``grad_var``/``grad_norm`` (gradient at each block output) are filled when gradients were asked for.
+    The settings that change the picture travel with the numbers, for titles and the diagnosis:
+    ``inputs`` says what was fed (``"N(0,1)"`` when :func:`signal_propagation` made the batch, else
+    the caller's label or None), ``skip_gains`` the blocks' initial skip gains (None per block without
+    one), ``std_conv`` whether every conv is weight-standardized and ``normalized`` whether the model
+    has normalization layers (None where unknown, e.g. results saved before these fields existed).
     """
 
     model: str
@@ -47,6 +55,10 @@ class SPPResult:
     grad_var: list[float] | None = None
     grad_norm: list[float] | None = None
     step: int | None = None
+    inputs: str | None = None
+    skip_gains: list[float | None] | None = None
+    std_conv: bool | None = None
+    normalized: bool | None = None
 
     @property
     def deviation(self) -> list[float] | None:
@@ -84,8 +96,19 @@ def load_json(path: str | Path) -> list[SPPResult]:
 
 
 CSV_COLUMNS = ("model", "step", "input_shape", "index", "name", "transition", "sq_mean", "var",
-               "res_var", "expected_var", "deviation", "grad_var", "grad_norm")
-"""One row per model and block; index 0 is the stem (block statistics only)."""
+               "res_var", "expected_var", "deviation", "grad_var", "grad_norm", "skip_gain", "inputs",
+               "std_conv", "normalized")
+"""One row per model and block; index 0 is the stem (block statistics only). ``inputs``,
+``std_conv`` and ``normalized`` describe the model and repeat on each of its rows."""
+
+
+def _flag(value: bool | None) -> str:
+    return "" if value is None else str(int(value))
+
+
+def _unflag(text: str | None) -> bool | None:
+    return None if not text else text == "1"
+
 
 
 def save_csv(results: Sequence[SPPResult], path: str | Path) -> None:
@@ -95,12 +118,14 @@ def save_csv(results: Sequence[SPPResult], path: str | Path) -> None:
         for r in results:
             shape = "x".join(map(str, r.input_shape))
             step = "" if r.step is None else r.step
-            writer.writerow([r.model, step, shape, 0, "stem", "", r.stem_sq_mean, r.stem_var] + [""] * 5)
-            per_block = [r.res_var, r.expected_var, r.deviation, r.grad_var, r.grad_norm]
+            about = [r.inputs or "", _flag(r.std_conv), _flag(r.normalized)]
+            writer.writerow([r.model, step, shape, 0, "stem", "", r.stem_sq_mean, r.stem_var] + [""] * 6
+                            + about)
+            per_block = [r.res_var, r.expected_var, r.deviation, r.grad_var, r.grad_norm, r.skip_gains]
             for i, name in enumerate(r.names):
                 extra = ["" if col is None or col[i] is None else col[i] for col in per_block]
                 writer.writerow([r.model, step, shape, i + 1, name, int(r.transition[i]), r.sq_mean[i],
-                                 r.var[i], *extra])
+                                 r.var[i], *extra, *about])
 
 
 def load_csv(path: str | Path) -> list[SPPResult]:
@@ -124,7 +149,11 @@ def load_csv(path: str | Path) -> list[SPPResult]:
             sq_mean=[float(r["sq_mean"]) for r in blocks], var=[float(r["var"]) for r in blocks],
             res_var=[float(r["res_var"]) if r["res_var"] != "" else None for r in blocks],
             expected_var=column(blocks, "expected_var"), grad_var=column(blocks, "grad_var"),
-            grad_norm=column(blocks, "grad_norm"), step=int(step) if step else None))
+            grad_norm=column(blocks, "grad_norm"), step=int(step) if step else None,
+            inputs=stem.get("inputs") or None,
+            skip_gains=[float(r["skip_gain"]) if r["skip_gain"] != "" else None for r in blocks]
+            if any(r.get("skip_gain") for r in blocks) else None,
+            std_conv=_unflag(stem.get("std_conv")), normalized=_unflag(stem.get("normalized"))))
     return results
 
 
@@ -191,6 +220,21 @@ def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
                         "need finite inputs")
 
 
+NORMALIZATIONS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, EvoNormB0, EvoNormS0,
+                  ProxyNormAct)
+
+
+def _traits(model: nn.Module, blocks: list[Block]) -> dict:
+    """Settings that change the picture: initial skip gains, weight-standardized convs, normalization."""
+    gains = [getattr(b.module, "skip_gain", None) for b in blocks]
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    return {"skip_gains": [None if g is None else float(g.detach()) for g in gains]
+            if any(g is not None for g in gains) else None,
+            "std_conv": bool(convs) and all(isinstance(m, _ScaledStdConvNd) or "StdConv" in type(m).__name__
+                                            for m in convs),
+            "normalized": any(isinstance(m, NORMALIZATIONS) for m in model.modules())}
+
+
 def _expected_var(model: nn.Module, blocks: list[Block]) -> list[float] | None:
     """The model's own prediction (``model.expected_var``), valid only with unit skip gains."""
     expected = getattr(model, "expected_var", None)
@@ -208,6 +252,8 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
                        loss_fn: LossFn | None = None) -> SPPResult:
     """Measure an SPP of ``model`` on ``inputs`` (default: seeded N(0,1) images of ``input_shape``).
 
+    ``result.inputs`` is ``"N(0,1)"`` for the seeded batch and None for given ``inputs`` (label them).
+
     Args:
         blocks / branch: module-name patterns and branch submodule for models whose blocks are not
             found automatically (see :func:`~normfree.analysis.blocks.find_blocks`).
@@ -223,7 +269,9 @@ def signal_propagation(model: nn.Module, inputs: torch.Tensor | None = None, *,
     with taps.attached(), measurement_mode(model), unfolded(model), torch.set_grad_enabled(gradients):
         logits = model(x.detach().requires_grad_(True) if gradients else x)
         grads = gradient_stats(taps.outputs, logits, loss_fn, seed) if gradients else None
-    return taps.result(model, x, grads)
+    result = taps.result(model, x, grads)
+    result.inputs = "N(0,1)" if inputs is None else None
+    return result
 
 
 class _Taps:
@@ -281,4 +329,5 @@ class _Taps:
             sq_mean=[self.blocks[n][0] for n in order], var=[self.blocks[n][1] for n in order],
             res_var=[self.branches.get(n) for n in order],
             expected_var=_expected_var(model, [by_name[n] for n in order]),
-            grad_var=grads[0] if grads else None, grad_norm=grads[1] if grads else None)
+            grad_var=grads[0] if grads else None, grad_norm=grads[1] if grads else None,
+            **_traits(model, [by_name[n] for n in order]))

@@ -335,7 +335,8 @@ class Trainer:
         idx = torch.arange(min(16, len(self.train_data)))
         x, _ = self.train_data.batch(idx, train=False, gen=step_generator(self.cfg.seed, -1))
         inputs = to_input(x.to(self.device), self.mean, self.std, self.channels_last)
-        recorder = SPPRecorder(self.cfg.spp_every, inputs=inputs, out_dir=self.run_dir / "spp")
+        recorder = SPPRecorder(self.cfg.spp_every, inputs=inputs, out_dir=self.run_dir / "spp",
+                               inputs_label=f"{len(idx)} training images")
         history = self.run_dir / "spp" / "spp_history.json"
         if self.step > 0 and history.exists():
             recorder.history = [r for r in load_json(history) if r.step is not None and r.step <= self.step]
@@ -472,4 +473,6 @@ class Trainer:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             if self.step >= self.total_steps:
                 plot_run(self.run_dir)
+                if self.spp is not None:
+                    self.spp.plot()  # spp/spp_history.png
         return summary
