@@ -96,7 +96,7 @@ def test_compare_writes_figure_and_table_and_every_variant_trains(tmp_path):
 
 def test_compare_cli_rejects_unknown_models_before_any_work(tmp_path, capsys):
     assert main(["compare", "nf_cifar_resnet20", "bn_cifar_resnt20", "--data", "synthetic",
-                 "--out", str(tmp_path / "out")]) == 2
+                 "--out-dir", str(tmp_path / "out")]) == 2
     assert "bn_cifar_resnet20" in capsys.readouterr().err  # the suggestion
     assert not (tmp_path / "out").exists()
 
