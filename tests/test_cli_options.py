@@ -195,7 +195,7 @@ def test_spp_measure_honours_every_argument(tmp_path):
     loaded = measure([SPEC], batch=4, input_size=16, checkpoint=str(tmp_path / "w.pt"))[0]
     assert loaded.var != base.var
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "test.npz", x=rng.integers(0, 60, (8, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / "test.npz", x=rng.integers(0, 60, (8, 16, 16, 3), dtype=np.uint8), y=np.zeros(8, dtype=int))
     images = measure([SPEC], batch=4, input_size=16, data=f"npz:{tmp_path}")[0]
     assert images.input_shape == [4, 3, 16, 16] and images.var != base.var
 

@@ -1,4 +1,4 @@
-"""``normfree compare MODEL... --data DATA --out DIR``: SPP figure at init + a training results table."""
+"""``normfree compare MODEL... --data DATA --out-dir DIR``: SPP figure at init + a training results table."""
 from __future__ import annotations
 
 import argparse

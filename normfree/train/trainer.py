@@ -216,7 +216,7 @@ class Trainer:
         """Warn once, before any work, about a schedule known to diverge (:mod:`normfree.train.advice`)."""
         cfg = self.cfg
         note = small_data_warning(cfg.model, sum(p.numel() for p in self.model.parameters()), len(self.train_data),
-                                  cfg.batch_size, cfg.lr, cfg.warmup_epochs, self.steps_per_epoch)
+                                  cfg.batch_size, cfg.lr, cfg.warmup_epochs, self.steps_per_epoch, cfg.agc_clip)
         if note:
             warnings.warn(note, stacklevel=3)
 
