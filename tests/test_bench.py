@@ -101,7 +101,7 @@ def test_cli_bench_foreign_baselines_with_fake_timm(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert all(f"vs {b}" in out for b in ("bn_cifar_resnet20", "timm:a", "timm:b")), out
 
-    ns = types.SimpleNamespace(models=["nf_cifar_resnet20"], no_baseline=False, num_classes=None,
+    ns = types.SimpleNamespace(models=["nf_cifar_resnet20"], baseline=True, num_classes=None, in_chans=3,
                                deploy=True, grad_checkpointing=False)
     models, baselines, notes = bench._models(ns)
     assert baselines["nf_cifar_resnet20"] == ["bn_cifar_resnet20", "timm:a", "timm:b"]

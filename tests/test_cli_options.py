@@ -234,6 +234,16 @@ def test_bench_options_reach_the_benchmark(monkeypatch):
     assert defaults["models"]["nf_cifar_resnet20"].fc.out_features == 10
 
 
+def test_bench_data_sets_the_input_shape_and_classes(monkeypatch):
+    got = _bench(monkeypatch, "nf_cifar_resnet20", "--data", "demo", "--no-baseline")  # gray 8x8 digits, 10 classes
+    cfg, model = got["cfg"], got["models"]["nf_cifar_resnet20"]
+    assert (cfg.size, cfg.in_chans) == (8, 1)
+    assert model.fc.out_features == 10 and next(model.parameters()).shape[1] == 1
+    synthetic = _bench(monkeypatch, "nf_cifar_resnet20", "--data", "synthetic", "--image-size", "12", "--no-baseline")
+    assert (synthetic["cfg"].size, synthetic["cfg"].in_chans) == (12, 3)  # the flag wins over the data's 16 px
+    assert synthetic["models"]["nf_cifar_resnet20"].fc.out_features == 4
+
+
 def test_bench_model_transforming_options(monkeypatch):
     ckpt = _bench(monkeypatch, "nf_cifar_resnet20", "--grad-checkpointing", "--no-baseline")
     assert ckpt["models"]["nf_cifar_resnet20"].grad_checkpointing
@@ -276,11 +286,17 @@ def test_compare_options_reach_compare(monkeypatch, capsys):
 
 def test_convert_options_reach_the_converters(monkeypatch, tmp_path):
     import normfree.convert as conv
+    import normfree.convert.deepmind as dm
 
+    monkeypatch.setattr(dm, "read_params", lambda path, allow_pickle: {"linear/w": np.zeros((4, 9)),
+                                                                       "allowed": allow_pickle})
     seen = _capture(monkeypatch, conv, "from_deepmind")
     (tmp_path / "p.npz").write_bytes(b"")
+    argv = ["convert", "--from", "deepmind", str(tmp_path / "p.npz"), "--model", "nfnet_f0", "--out", "o.st"]
     with pytest.raises(Captured):
-        main(["convert", "--from", "deepmind", str(tmp_path / "p.npz"), "--model", "nfnet_f0", "--out", "o.st",
-              "--num-classes", "7", "--allow-pickle"])
-    assert seen["args"] == ("nfnet_f0", str(tmp_path / "p.npz"))
-    assert seen["kwargs"] == {"allow_pickle": True, "num_classes": 7}
+        main([*argv, "--num-classes", "7", "--allow-pickle"])
+    assert seen["args"][0] == "nfnet_f0" and seen["args"][1]["net/allowed"] is True
+    assert seen["kwargs"] == {"num_classes": 7}
+    with pytest.raises(Captured):
+        main(argv)
+    assert seen["kwargs"] == {"num_classes": 9} and seen["args"][1]["net/allowed"] is False  # the source's head

@@ -102,7 +102,7 @@ def test_compare_cli_rejects_unknown_models_before_any_work(tmp_path, capsys):
 
 
 def test_compare_rejects_bad_batch_sizes(tmp_path):
-    with pytest.raises(NormfreeError, match="--batch-sizes = 0: must be an integer >= 1"):
+    with pytest.raises(NormfreeError, match="--batch-size = 0: must be an integer >= 1"):
         compare(["nf_cifar_resnet20"], "synthetic", tmp_path, batch_sizes=(0,))
 
 def test_a_diverging_run_is_a_row_not_a_crash(tmp_path):

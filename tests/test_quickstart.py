@@ -2,7 +2,6 @@
 user types it; and every ``normfree ...`` line in the README and docs parses with today's flags."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -56,8 +55,9 @@ def test_quick_start_runs_line_by_line(tmp_path):
     assert outputs["models"].splitlines()[1].split()[:2] == ["nf_resnet26", "16.00"]
     assert "on demo:sklearn_digits" in outputs["eval"] and "297 images at 8x8" in outputs["eval"]
     assert re.search(r"raw: top-1 \d+\.\d+%", outputs["eval"])
-    spp = json.loads((tmp_path / "out/spp_digits/spp.json").read_text())
-    assert spp[0]["input_shape"] == [16, 1, 8, 8]  # gray 8x8 digits, as the checkpoint was trained
+    from normfree.analysis.spp import load_json
+
+    assert load_json(tmp_path / "out/spp_digits/spp.json")[0].input_shape == [16, 1, 8, 8]  # gray 8x8 digits, as the checkpoint was trained
     assert "(1, 8, 8)" in outputs["python"] and "'crop_pct': 1.0" in outputs["python"]
 
 
