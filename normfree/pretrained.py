@@ -22,18 +22,19 @@ from .registry import create_model
 from .safeio import one_line, read_safetensors
 
 
-def checkpoint_info(path: str | Path) -> dict[str, Any]:
+def checkpoint_info(path: str | Path, metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """What a checkpoint says about its model, without building it: ``model``, ``model_kwargs`` (including
     ``num_classes`` and ``in_chans``), ``pretrained_cfg``, ``classes``; None values where it does not say.
 
-    Reads ``normfree train`` checkpoints and ``normfree convert`` outputs; any other file raises
-    ``CheckpointError``.
+    Reads ``normfree train`` checkpoints and ``normfree convert`` outputs (``metadata``: the file's raw
+    safetensors metadata when already read); any other file raises ``CheckpointError``.
     """
-    from .train.checkpoint import TRAIN_META_KEYS, load_checkpoint
+    from .train.checkpoint import TRAIN_META_KEYS, checkpoint_meta
 
-    _, metadata = read_safetensors(path)
+    if metadata is None:
+        metadata = read_safetensors(path)[1]
     if "normfree" in metadata:
-        meta = load_checkpoint(path, TRAIN_META_KEYS)[1]
+        meta = checkpoint_meta(path, metadata, TRAIN_META_KEYS)
         kwargs = {**meta.get("model_kwargs", {}), "num_classes": meta["num_classes"]}
         if meta["in_chans"] != 3:
             kwargs["in_chans"] = meta["in_chans"]
@@ -60,8 +61,8 @@ def load(path: str | Path, *, ema: bool | None = None, device: str | torch.devic
     """
     from .train.checkpoint import split_prefix
 
-    info = checkpoint_info(path)
-    tensors = read_safetensors(path)[0]
+    tensors, metadata = read_safetensors(path)
+    info = checkpoint_info(path, metadata)
     model = create_model(info["model"], **info["model_kwargs"])
     if any(k.startswith("model.") for k in tensors):  # a train checkpoint: model., optim., ema. tensors
         has_ema = any(k.startswith("ema.") for k in tensors)
