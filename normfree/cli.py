@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from . import __version__
 from .commands.options import missing_required
-from .errors import NormfreeError
+from .errors import NormfreeError, TrainingInterrupted
 
 SUBCOMMANDS = ("demo", "models", "spp", "train", "recipes", "eval", "convert", "bench", "compare", "speedrun")
 """Modules of :mod:`normfree.commands`; each defines ``add_parser(subparsers)`` that sets ``func``."""
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except BrokenPipeError:
         return _quiet_broken_pipe()
+    except TrainingInterrupted as err:
+        print(f"normfree {args.command}: {err}", file=sys.stderr)
+        return 130
     except NormfreeError as err:
         print(f"normfree {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -29,3 +29,8 @@ class ModelSpecError(NormfreeError):
 
 class ModelOptionError(ModelSpecError, TypeError):
     """A keyword a model builder does not take (a ``TypeError``, as for any Python call)."""
+
+
+class TrainingInterrupted(NormfreeError):
+    """Ctrl-C stopped a training run after it saved a resumable checkpoint (the CLI exits 130, as for any
+    interrupt, so lane runners and shells resume it rather than treat it as a failure)."""

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,15 +162,15 @@ def _module(name: str):
     return mod
 
 
-def test_lane_plan_order_and_stale_locks(tmp_path, monkeypatch):
+def test_lane_plan_order_and_stale_locks(tmp_path):
     lanes = _module("lanes")
-    monkeypatch.setattr(lanes, "EXP", tmp_path)
     plan = {"common": {"tta_flip": True}, "stages": [
         {"name": "a", "table": "t", "common": {"epochs": 2},
          "runs": [{"name": "x", "recipe": "nf_paper", "seeds": [0, 1]},
                   {"name": "y", "recipe": "bn_paper", "seeds": [0, 1, 2], "set": {"lr": 0.2}}]}]}
-    runs = list(lanes.expand(plan))
+    runs = list(lanes.expand(plan, exp=tmp_path))
     assert [(r["name"], r["seed"]) for r in runs] == [("x", 0), ("y", 0), ("x", 1), ("y", 1), ("y", 2)]
+    assert runs[4]["dir"] == tmp_path / "t" / "y_s2"
     assert runs[1]["values"] == {"tta_flip": True, "epochs": 2, "lr": 0.2, "seed": 0}
     assert lanes.flags({"model_kwargs": {"a": 1}, "tta_flip": True}) == [
         "--model-kwargs", '{"a": 1}', "--tta-flip", "true"]
@@ -179,7 +180,55 @@ def test_lane_plan_order_and_stale_locks(tmp_path, monkeypatch):
     assert lanes.claim(d)
 
 
-def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
+def test_lane_loop_marks_failures_and_stops_when_interrupted(tmp_path):
+    lanes = _module("lanes")
+    runs = [{"table": "t", "dir": tmp_path / name, "rc": rc}
+            for name, rc in (("ok", 0), ("bad", 3), ("cut", 130), ("later", 0))]
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / ".lane.lock").write_text(str(os.getpid()))  # a live lane holds this one
+    runs.insert(1, {"table": "t", "dir": tmp_path / "held", "rc": 0})
+    ran, after = [], []
+
+    def command_of(run):
+        ran.append(run["dir"].name)
+        return [sys.executable, "-c", f"print('step'); raise SystemExit({run['rc']})"]
+
+    def state_of(run):
+        return "done" if (run["dir"] / "done").exists() else "todo"
+
+    assert lanes.run_plan(runs, command_of, state_of, after=lambda r: after.append(r["dir"].name)) == 130
+    assert ran == ["ok", "bad", "cut"] and after == ["ok"]  # held skipped, "later" left for the next lane
+    assert (tmp_path / "bad" / "failed").read_text() == "3\n" and not (tmp_path / "cut" / "failed").exists()
+    assert (tmp_path / "ok" / "stdout.log").read_text() == "step\n"
+    assert not (tmp_path / "cut" / ".lane.lock").exists() and (tmp_path / "held" / ".lane.lock").exists()
+
+
+def test_lanes_reread_the_plan_and_respect_holds(tmp_path):
+    lanes = _module("lanes")
+    plan = {"stages": [{"name": "b", "table": "t", "hold": True,
+                        "runs": [{"name": "y", "recipe": "nf_paper", "seeds": [0]}]},
+                       {"name": "a", "table": "t", "runs": [{"name": "x", "recipe": "nf_paper", "seeds": [0]}]}]}
+    listed = [(r["name"], lanes.state(r)) for r in lanes.expand(plan, exp=tmp_path)]
+    assert listed == [("y", "held"), ("x", "todo")]
+    assert [r["hold"] for r in lanes.expand(plan, stage="b", exp=tmp_path)] == [False]  # named: runs
+    ran = []
+
+    def runs():  # the plan as the lane reads it before each claim; the first run releases the hold
+        if ran:
+            plan["stages"][0]["hold"] = False
+        return list(lanes.expand(plan, exp=tmp_path))
+
+    def command_of(run):
+        ran.append(run["name"])
+        (run["dir"] / "done").touch()
+        return [sys.executable, "-c", "pass"]
+
+    state_of = lambda r: "done" if (r["dir"] / "done").exists() else "todo"  # noqa: E731
+    assert lanes.run_plan(runs, command_of, state_of) == 0
+    assert ran == ["x", "y"]  # the held stage waited although it comes first, and ran once released
+
+
+def test_summarizer_rows_from_a_real_run(tmp_path):
     summarize = _module("summarize")
     run = tmp_path / "headline_b64" / "nf_x_s3"
     cfg = TrainConfig.from_dict(load_recipe("nf_cifar"))
@@ -187,8 +236,7 @@ def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
                               seed=3, lr=0.2, tta_flip=False, out_dir=str(run), device="cpu",
                               model_kwargs={**cfg.model_kwargs, "width": 0.25})
     Trainer(cfg).fit()
-    monkeypatch.setattr(summarize, "EXP", tmp_path)
-    rows = summarize.collect()
+    rows = summarize.collect(tmp_path)
     assert len(rows) == 1
     r = rows[0]
     summary = json.loads((run / "summary.json").read_text())
@@ -203,3 +251,34 @@ def test_summarizer_rows_from_a_real_run(tmp_path, monkeypatch):
     summarize.figure(rows, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert os.path.getsize(tmp_path / "r.csv") > 0
+
+
+def _row(table, cell, seed, top1):
+    return {"table": table, "cell": cell, "net": cell.split("_")[0], "seed": seed, "top1": top1,
+            "recipe": f"{cell.split('_')[0]}_cifar"}
+
+
+def test_headline_means_targets_and_the_sweep_choice():
+    summarize = _module("summarize")
+    rows = [_row("headline_b128_e10", "nf", s, v) for s, v in ((0, 83.0), (1, 82.0), (2, 82.5))]
+    rows += [_row("headline_b128_e10", "bn", s, v) for s, v in ((0, 83.0), (1, 82.6), (2, 83.3))]  # NF − BN = −0.47
+    rows += [_row("headline_b128_e30", "nf", 0, 90.0), _row("headline_b128_e30", "bn", 0, 89.8)]
+    # batch 4: NF's best lr by seed 0 is lr1 (its seed 1 is low, but must not change the choice), BN's lr3
+    rows += [_row("sweep_b4_e10", "nf_lr1", 0, 80.0), _row("sweep_b4_e10", "nf_lr1", 1, 78.0),
+             _row("sweep_b4_e10", "nf_lr2", 0, 79.5), _row("sweep_b4_e10", "bn_lr2", 0, 70.0),
+             _row("sweep_b4_e10", "bn_lr3", 0, 75.0), _row("sweep_b4_e10", "bn_lr3", 1, 75.0)]
+    lines = summarize.headline(rows).splitlines()[2:]
+    cols = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cols[0][1].startswith("**82.50** (83.00, 82.00, 82.50)") and cols[0][3:] == ["-0.47", "≥ -0.3", "missed"]
+    assert cols[1][3:] == ["+0.20", "≥ -0.3", "met, 1 of 2 seeds"]
+    assert cols[2][1].startswith("**79.00**") and cols[2][2].startswith("**75.00**")
+    assert cols[2][3:] == ["+4.00", "≥ +3.0", "met"]
+    assert cols[3][1:4] == ["pending", "pending", "–"] and cols[3][5] == "pending"
+
+
+def test_readme_headline_is_the_one_the_committed_logs_give():
+    """The README's CIFAR-10 numbers are regenerated from the committed runs, never typed in."""
+    summarize = _module("summarize")
+    text = summarize.README.read_text()
+    start, end = (text.index(m) for m in summarize.HEADLINE)
+    assert text[start + len(summarize.HEADLINE[0]):end].strip() == summarize.headline(summarize.collect())

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from normfree.cli import main
-from normfree.errors import ConfigError, NormfreeError
+from normfree.errors import ConfigError, NormfreeError, TrainingInterrupted
 from normfree.train.checkpoint import load_checkpoint
 from normfree.train.config import TrainConfig
 from normfree.train.metrics import read_metrics
@@ -86,9 +86,26 @@ def _fit_interrupted(run: Path, monkeypatch, method: str, at_step: int) -> None:
         return real(self, *args)
 
     monkeypatch.setattr(Trainer, method, interrupting)
-    with pytest.raises(NormfreeError, match=f"interrupted at step {at_step}"):
+    with pytest.raises(TrainingInterrupted, match=f"interrupted at step {at_step}"):
         trainer.fit()
     monkeypatch.setattr(Trainer, method, real)
+
+
+def test_ctrl_c_exits_130_so_lanes_resume_instead_of_marking_failed(tmp_path, monkeypatch, capsys):
+    """The CLI's status for an interrupted run is the shell's 130 (lanes.INTERRUPTED), not the error status 2."""
+    run = tmp_path / "run"
+    cfg_for(run).save_yaml(tmp_path / "c.yaml")
+    real = Trainer._train_step
+
+    def interrupting(self, *args):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupting)
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 130
+    assert "interrupted at step 3; saved a resumable checkpoint" in capsys.readouterr().err
+    assert (run / "last.safetensors").exists()
 
 
 def test_interrupt_during_final_evaluation_is_redone_on_resume(tmp_path, straight, monkeypatch):

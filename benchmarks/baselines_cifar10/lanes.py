@@ -15,23 +15,15 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE.parent / "cifar10_nf_vs_bn" / "lanes.py"
 
 
-def load_runner(exp: Path = HERE / "exp") -> ModuleType:
-    """The NF-vs-BN lane runner, writing its runs under ``exp``."""
-    spec = importlib.util.spec_from_file_location("cifar10_nf_vs_bn_lanes", RUNNER)
-    assert spec is not None and spec.loader is not None
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    runner.EXP = exp  # read by runner.expand at call time
-    return runner
-
+_spec = importlib.util.spec_from_file_location("cifar10_nf_vs_bn_lanes", RUNNER)
+assert _spec is not None and _spec.loader is not None
+runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runner)
 
 if __name__ == "__main__":
-    if "--plan" not in sys.argv:
-        sys.argv[1:1] = ["--plan", str(HERE / "plan.yaml")]
-    sys.exit(load_runner().main())
+    sys.exit(runner.main(plan=HERE / "plan.yaml", exp=HERE / "exp"))

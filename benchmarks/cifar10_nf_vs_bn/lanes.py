@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -31,12 +31,15 @@ HERE = Path(__file__).resolve().parent
 EXP = HERE / "exp"
 
 
-def expand(plan: dict[str, Any], stage: str | None = None) -> Iterator[dict[str, Any]]:
+def expand(plan: dict[str, Any], stage: str | None = None, exp: Path = EXP) -> Iterator[dict[str, Any]]:
     """The plan's runs in execution order: stage by stage, and within a stage every entry's first seed
-    before any entry's second seed (so a partial stage already covers every cell once)."""
+    before any entry's second seed (so a partial stage already covers every cell once). Each run's
+    folder is ``exp/<table>/<name>_s<seed>``. A stage marked ``hold: true`` is listed but not run (unless
+    named by ``stage``): a gate that waits for a decision, such as the recipes a headline uses."""
     for st in plan["stages"]:
         if stage and st["name"] != stage:
             continue
+        held = bool(st.get("hold")) and not stage
         entries = st["runs"]
         for rank in range(max(len(e["seeds"]) for e in entries)):
             for e in entries:
@@ -44,7 +47,7 @@ def expand(plan: dict[str, Any], stage: str | None = None) -> Iterator[dict[str,
                     seed = e["seeds"][rank]
                     values = {**plan.get("common", {}), **st.get("common", {}), **e.get("set", {}), "seed": seed}
                     yield {"table": st["table"], "name": e["name"], "recipe": e["recipe"], "seed": seed,
-                           "values": values, "dir": EXP / st["table"] / f"{e['name']}_s{seed}"}
+                           "values": values, "dir": exp / st["table"] / f"{e['name']}_s{seed}", "hold": held}
 
 
 INTERRUPTED = (130, -2, -9, -15)  # Ctrl-C, SIGINT, SIGKILL, SIGTERM: resume later; other failures are final
@@ -124,6 +127,8 @@ def run_logged(cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
 
 
 def state(run: dict[str, Any]) -> str:
+    if run.get("hold") and not (run["dir"] / "last.safetensors").exists():
+        return "held"
     if (run["dir"] / "failed").exists():
         return "failed"
     if finished(run["dir"]):
@@ -133,37 +138,70 @@ def state(run: dict[str, Any]) -> str:
     return "todo"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", default=str(HERE / "plan.yaml"))
-    parser.add_argument("--stage", help="run only this stage of the plan")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--list", action="store_true", help="print every run with its state and exit")
-    args = parser.parse_args()
-    plan = yaml.safe_load(Path(args.plan).read_text())
-    runs = list(expand(plan, args.stage))
-    if args.list:
-        for r in runs:
-            print(f"{state(r):8s} {r['table']}/{r['dir'].name}")
-        return 0
-    data_dir = os.environ.get("DATA_DIR")
-    if not data_dir or not (Path(data_dir) / "train.npz").exists():
+def data_dir() -> str | None:
+    """``$DATA_DIR`` as a relative path (so logs name no machine's folders), or None (with a message) when
+    it does not hold the CIFAR-10 arrays."""
+    path = os.environ.get("DATA_DIR")
+    if not path or not (Path(path) / "train.npz").exists():
         print("set DATA_DIR to a folder holding train.npz and test.npz", file=sys.stderr)
-        return 2
-    env = dict(os.environ)
-    for run in runs:
-        if finished(run["dir"]) or not claim(run["dir"]):
-            continue
-        cmd = command(run, f"npz:{data_dir}", args.device)
-        print(f"[{time.strftime('%H:%M:%S')}] {run['table']}/{run['dir'].name}: {' '.join(cmd[3:])}", flush=True)
-        rc = run_logged(cmd, run["dir"] / "stdout.log", env)
+        return None
+    return os.path.relpath(path)
+
+
+Runs = list[dict[str, Any]]
+
+
+def run_plan(runs: Runs | Callable[[], Runs], command_of: Callable[[dict[str, Any]], list[str]],
+             state_of: Callable[[dict[str, Any]], str] = state, label: Callable[[dict[str, Any]], str] | None = None,
+             after: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """The lane loop shared by every benchmark: take the first run that is neither done, failed, held nor
+    claimed by a live lane, run its command (output to the run's ``stdout.log``), mark a final failure,
+    call ``after`` on success, and repeat; stop (returning the status) when a run was interrupted, so a
+    later lane resumes it. ``runs`` may be a function, called again before each claim, so edits to the plan
+    (a released hold, a new cell) reach lanes that are already running."""
+    runs_of = runs if callable(runs) else lambda: runs
+    label = label or (lambda r: f"{r['table']}/{r['dir'].name}")
+    tried: set[Path] = set()  # each run at most once per lane
+    while True:
+        run = next((r for r in runs_of() if r["dir"] not in tried and not r.get("hold")
+                    and state_of(r) not in ("done", "failed") and claim(r["dir"])), None)
+        if run is None:
+            return 0
+        tried.add(run["dir"])
+        cmd = command_of(run)
+        print(f"[{time.strftime('%H:%M:%S')}] {label(run)}: normfree {' '.join(cmd[3:])}", flush=True)
+        rc = run_logged(cmd, run["dir"] / "stdout.log", dict(os.environ))
         (run["dir"] / ".lane.lock").unlink(missing_ok=True)
-        print(f"[{time.strftime('%H:%M:%S')}] {run['dir'].name}: exit {rc}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {label(run)}: exit {rc}", flush=True)
         if rc in INTERRUPTED:
             return rc
         if rc:
             (run["dir"] / "failed").write_text(f"{rc}\n")
-    return 0
+        elif after:
+            after(run)
+
+
+def main(argv: list[str] | None = None, plan: Path = HERE / "plan.yaml", exp: Path = EXP) -> int:
+    """The lane command line; other benchmarks call it with their own ``plan`` and ``exp`` defaults."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", default=str(plan))
+    parser.add_argument("--exp", default=str(exp), help="folder of the run folders")
+    parser.add_argument("--stage", help="run only this stage of the plan")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--list", action="store_true", help="print every run with its state and exit")
+    args = parser.parse_args(argv)
+
+    def runs() -> Runs:
+        return list(expand(yaml.safe_load(Path(args.plan).read_text()), args.stage, Path(args.exp)))
+
+    if args.list:
+        for r in runs():
+            print(f"{state(r):8s} {r['table']}/{r['dir'].name}")
+        return 0
+    data = data_dir()
+    if data is None:
+        return 2
+    return run_plan(runs, lambda r: command(r, f"npz:{data}", args.device))
 
 
 if __name__ == "__main__":

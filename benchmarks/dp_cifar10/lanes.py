@@ -24,23 +24,16 @@ HERE = Path(__file__).resolve().parent
 EXP = HERE / "exp"
 
 
-def _runner() -> Any:
-    """The NF-vs-BN lane runner module, re-rooted here (its plan default and run folders follow HERE/EXP)."""
-    spec = importlib.util.spec_from_file_location("nf_vs_bn_lanes", HERE.parent / "cifar10_nf_vs_bn" / "lanes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.HERE, module.EXP = HERE, EXP
-    return module
-
-
-runner = _runner()
+_spec = importlib.util.spec_from_file_location("nf_vs_bn_lanes", HERE.parent / "cifar10_nf_vs_bn" / "lanes.py")
+assert _spec is not None and _spec.loader is not None
+runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runner)
 
 
 def expand_plan(stage: str | None = None) -> Iterator[dict[str, Any]]:
     """This plan's runs in execution order."""
-    return runner.expand(yaml.safe_load((HERE / "plan.yaml").read_text()), stage)
+    return runner.expand(yaml.safe_load((HERE / "plan.yaml").read_text()), stage, EXP)
 
 
 if __name__ == "__main__":
-    sys.exit(runner.main())
+    sys.exit(runner.main(plan=HERE / "plan.yaml", exp=EXP))

@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,27 +75,20 @@ def main() -> int:
         for r in todo:
             print(f"{state(r):8s} {r['table']}/{r['name']}/s{r['seed']}")
         return 0
-    data_dir = os.environ.get("DATA_DIR")
-    if not data_dir or not (Path(data_dir) / "train.npz").exists():
-        print("set DATA_DIR to a folder holding train.npz and test.npz", file=sys.stderr)
+    data = common.data_dir()
+    if data is None:
         return 2
-    for run in todo:
-        if state(run) in ("done", "failed") or not common.claim(run["dir"]):
-            continue
-        cmd = command(run, f"npz:{os.path.relpath(data_dir)}", args.device, args.threads)
-        shown = " ".join(["normfree", *cmd[3:]])
-        (run["dir"] / "command.txt").write_text(shown + "\n")
-        print(f"[{time.strftime('%H:%M:%S')}] {run['table']}/{run['name']}/s{run['seed']}: {shown}", flush=True)
-        rc = common.run_logged(cmd, run["dir"] / "stdout.log", dict(os.environ))
-        (run["dir"] / ".lane.lock").unlink(missing_ok=True)
-        print(f"[{time.strftime('%H:%M:%S')}] exit {rc}", flush=True)
-        if rc in common.INTERRUPTED:
-            return rc
-        if rc:
-            (run["dir"] / "failed").write_text(f"{rc}\n")
-        else:  # result.json holds everything; the checkpoint only served a resume
-            (run["dir"] / "checkpoint.safetensors").unlink(missing_ok=True)
-    return 0
+
+    def command_of(run: dict[str, Any]) -> list[str]:
+        cmd = command(run, f"npz:{data}", args.device, args.threads)
+        (run["dir"] / "command.txt").write_text(" ".join(["normfree", *cmd[3:]]) + "\n")
+        return cmd
+
+    def drop_checkpoint(run: dict[str, Any]) -> None:  # result.json holds everything; it only served a resume
+        (run["dir"] / "checkpoint.safetensors").unlink(missing_ok=True)
+
+    return common.run_plan(todo, command_of, state, label=lambda r: f"{r['table']}/{r['name']}/s{r['seed']}",
+                           after=drop_checkpoint)
 
 
 if __name__ == "__main__":

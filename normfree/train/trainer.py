@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checks import require_device
-from ..errors import ConfigError, NormfreeError
+from ..errors import ConfigError, NormfreeError, TrainingInterrupted
 from ..safeio import atomic_write_text
 from ..registry import create_model
 from ..resources import check_batch_fits
@@ -414,11 +414,11 @@ class Trainer:
                 last = self._end_epoch(epoch)
         except KeyboardInterrupt:
             if self._updating:
-                raise NormfreeError(f"interrupted during a weight update at step {self.step}; the last epoch "
-                                    f"checkpoint in {self.run_dir} is intact, resume from it") from None
+                raise TrainingInterrupted(f"interrupted during a weight update at step {self.step}; the last "
+                                          f"epoch checkpoint in {self.run_dir} is intact, resume from it") from None
             path = self.save("last.safetensors", {"interrupted": True})
-            raise NormfreeError(f"interrupted at step {self.step}; saved a resumable checkpoint {path}. Continue "
-                                f"with: normfree train --resume {path}") from None
+            raise TrainingInterrupted(f"interrupted at step {self.step}; saved a resumable checkpoint {path}. "
+                                      f"Continue with: normfree train --resume {path}") from None
         finally:
             self.logger.close()
         return self._finish(last, time.perf_counter() - start_time, self.step - start_step)
