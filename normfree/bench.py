@@ -50,6 +50,7 @@ class BenchConfig:
     mode: Mode = "train"
     batch: int = 8
     size: int = 224
+    in_chans: int = 3
     device: str = "cpu"
     compile: str | None = None  # a torch.compile backend, e.g. "inductor"
     channels_last: bool | None = None
@@ -83,7 +84,7 @@ def make_step(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], i
     fmt = torch.channels_last if cfg.use_channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt).train(cfg.mode == "train")
     runner = torch.compile(model, backend=cfg.compile) if cfg.compile else model
-    x = torch.randn(cfg.batch, 3, cfg.size, cfg.size, device=device).to(memory_format=fmt)
+    x = torch.randn(cfg.batch, cfg.in_chans, cfg.size, cfg.size, device=device).to(memory_format=fmt)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.use_amp
            else contextlib.nullcontext())
     resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])

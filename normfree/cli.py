@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn
 
+from . import __version__
+from .commands.options import missing_required
 from .errors import NormfreeError, TrainingInterrupted
 
 SUBCOMMANDS = ("demo", "models", "spp", "train", "recipes", "eval", "convert", "bench", "compare", "speedrun")
@@ -20,20 +23,41 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import torch
+
     parser = _Parser(prog="normfree", description="Normalizer-free networks: models, analysis, training.")
+    parser.add_argument("--version", action="version", version=f"normfree {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"normfree.commands.{name}").add_parser(sub)
     return parser
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``normfree models | head -1``): stop without a traceback, and
+    point stdout at /dev/null so the interpreter's final flush cannot fail again. Exit status 141 is
+    what a shell tool killed by SIGPIPE reports."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. The project's own errors (bad options, files, model names) and OS errors on
     the user's paths (missing, unreadable, not writable) become one line and exit status 2; any other
     exception is a bug and keeps its traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    missing = missing_required(args)
+    if missing:
+        parser.exit(2, f"normfree {args.command}: error: the following arguments are required: "
+                       f"{', '.join(missing)} (see normfree {args.command} --help)\n")
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except TrainingInterrupted as err:
         print(f"normfree {args.command}: {err}", file=sys.stderr)
         return 130

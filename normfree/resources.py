@@ -124,7 +124,7 @@ are upper bounds (float32, every output kept), so only batches far beyond the ma
 
 
 def check_batch_fits(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device,
-                     training: bool, what: str = "--batch") -> None:
+                     training: bool, what: str = "--batch-size") -> None:
     """Refuse a batch whose estimated memory is far beyond ``device``'s free memory (one line, with the numbers);
     an input too small for the model's downsampling is reported as the option error it is."""
     if skipped():

@@ -275,7 +275,7 @@ def test_json_and_csv_round_trip(tmp_path, nf_ws):
 def test_cli_writes_figure_numbers_and_diagnosis(tmp_path, capsys):
     out = tmp_path / "spp"
     rc = main(["spp", "nf_cifar_resnet20", "nf_cifar_resnet20:std_conv=False", "bn_cifar_resnet20",
-               "--batch", "8", "--skipinit-gain", "1", "--grads", "--out", str(out)])
+               "--batch-size", "8", "--skipinit-gain", "1", "--grads", "--out-dir", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "nf_cifar_resnet20:std_conv=False (9 blocks" in text and "Mean shift" in text
@@ -284,7 +284,7 @@ def test_cli_writes_figure_numbers_and_diagnosis(tmp_path, capsys):
     assert [r.model for r in results] == ["nf_cifar_resnet20", "nf_cifar_resnet20:std_conv=False",
                                           "bn_cifar_resnet20"]
     assert load_csv(out / "spp.csv") == results
-    assert main(["spp", "nf_cifar_resnet20", "--batch", "1", "--out", str(out)]) == 2
+    assert main(["spp", "nf_cifar_resnet20", "--batch-size", "1", "--out-dir", str(out)]) == 2
     assert "at least 2" in capsys.readouterr().err
 
 
@@ -295,21 +295,21 @@ def test_cli_checkpoint_and_npz_data(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "test.npz", x=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
              y=np.zeros(8, dtype=np.int64))
-    args = ["spp", "nf_cifar_resnet20", "--batch", "4", "--input-size", "32", "--data", str(tmp_path)]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert main([*args, "--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "b")]) == 0
+    args = ["spp", "nf_cifar_resnet20", "--batch-size", "4", "--image-size", "32", "--data", f"npz:{tmp_path}"]
+    assert main([*args, "--out-dir", str(tmp_path / "a")]) == 0
+    assert main([*args, "--checkpoint", str(tmp_path / "ckpt.pt"), "--out-dir", str(tmp_path / "b")]) == 0
     plain, loaded = load_json(tmp_path / "a/spp.json")[0], load_json(tmp_path / "b/spp.json")[0]
     assert plain.input_shape == [4, 3, 32, 32]
     assert loaded.var != plain.var  # skip gain 0.5 from the checkpoint instead of 0
-    assert main([*args, "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "c")]) == 2
+    assert main([*args, "--checkpoint", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path / "c")]) == 2
 
 
 def test_cli_reads_safetensors(tmp_path):
     safetensors = pytest.importorskip("safetensors.torch")
     model = normfree.create_model("nf_cifar_resnet20", skipinit_gain=0.5)
     safetensors.save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
-    assert main(["spp", "nf_cifar_resnet20", "--batch", "2", "--checkpoint",
-                 str(tmp_path / "w.safetensors"), "--out", str(tmp_path)]) == 0
+    assert main(["spp", "nf_cifar_resnet20", "--batch-size", "2", "--checkpoint",
+                 str(tmp_path / "w.safetensors"), "--out-dir", str(tmp_path)]) == 0
     assert load_json(tmp_path / "spp.json")[0].expected_var is None
 
 
@@ -322,9 +322,10 @@ def test_cli_reads_a_training_checkpoint(tmp_path):
                       model_kwargs={"width": 0.25}, train_subset=32, test_subset=16, epochs=1,
                       batch_size=16, eval_batch_size=16)
     Trainer(cfg).fit()
-    assert main(["spp", "nf_cifar_resnet20:width=0.25,num_classes=4", "--batch", "2", "--checkpoint",
-                 str(tmp_path / "run" / "last.safetensors"), "--out", str(tmp_path / "spp")]) == 0
-    assert (tmp_path / "spp" / "spp.json").is_file()
+    # width, class count (4, not the default 10) and image size (synthetic: 16 px) come from the checkpoint
+    assert main(["spp", "nf_cifar_resnet20", "--batch-size", "2", "--checkpoint",
+                 str(tmp_path / "run" / "last.safetensors"), "--out-dir", str(tmp_path / "spp")]) == 0
+    assert load_json(tmp_path / "spp" / "spp.json")[0].input_shape == [2, 3, 16, 16]
 
 
 @pytest.mark.parametrize("kind, overrides, block, words", [

@@ -43,8 +43,8 @@ def test_cli_errors_exit_2(capsys):
 
 def test_cli_demo(capsys, tmp_path):
     # The README's main job: model table, then the SPP story figure (reduced width and size here).
-    assert main(["demo", "--pattern", "wrn16", "--width", "0.25", "--input-size", "64", "--batch", "4",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--pattern", "wrn16", "--width", "0.25", "--image-size", "64", "--batch-size", "4",
+                 "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "nf_wrn16_4" in out and "nf_resnet50:std_conv=False,width=0.25 (16 blocks" in out
     assert {p.name for p in tmp_path.iterdir()} == {"spp.png", "spp.json", "spp.csv"}

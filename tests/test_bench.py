@@ -11,7 +11,7 @@ from normfree.profile import count_params
 
 def test_cli_bench_adds_bn_twin_and_writes_json(tmp_path, capsys):
     path = tmp_path / "r.json"
-    rc = main(["bench", "nf_cifar_resnet20", "--batch", "2", "--size", "16", "--warmup", "0",
+    rc = main(["bench", "nf_cifar_resnet20", "--batch-size", "2", "--image-size", "16", "--warmup", "0",
                "--repeats", "2", "--steps", "1", "--threads", "1", "--json", str(path)])
     out = capsys.readouterr().out
     assert rc == 0 and "bn_cifar_resnet20" in out and "vs bn_cifar_resnet20" in out
@@ -27,14 +27,14 @@ def test_cli_bench_adds_bn_twin_and_writes_json(tmp_path, capsys):
 
 def test_cli_bench_deploy_infer_compiled(capsys):
     torch._dynamo.reset()
-    rc = main(["bench", "nf_cifar_resnet20", "--infer", "--deploy", "--batch", "2", "--size", "16",
+    rc = main(["bench", "nf_cifar_resnet20", "--infer", "--deploy", "--batch-size", "2", "--image-size", "16",
                "--warmup", "1", "--repeats", "1", "--steps", "1", "--compile", "eager"])
     assert rc == 0 and "deploy mode" in capsys.readouterr().out
 
 
 def test_cli_bench_model_options_go_to_the_twin_too(tmp_path, capsys):
     path = tmp_path / "r.json"
-    rc = main(["bench", "nf_cifar_resnet20:width=0.25,stochdepth_rate=0", "--batch", "2", "--size", "16",
+    rc = main(["bench", "nf_cifar_resnet20:width=0.25,stochdepth_rate=0", "--batch-size", "2", "--image-size", "16",
                "--warmup", "0", "--repeats", "1", "--steps", "1", "--json", str(path)])
     assert rc == 0 and "vs bn_cifar_resnet20:width=0.25,stochdepth_rate=0" in capsys.readouterr().out
     record = json.loads(path.read_text())
@@ -46,7 +46,7 @@ def test_cli_bench_model_options_go_to_the_twin_too(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["bench", "nf_nope"], ["bench", "nf_cifar_resnet20", "--deploy"],
-                                  ["bench", "nf_cifar_resnet20", "--batch", "0"],
+                                  ["bench", "nf_cifar_resnet20", "--batch-size", "0"],
                                   ["bench", "nf_cifar_resnet20:bogus=1"], ["bench", "nf_cifar_resnet20:width"]])
 def test_cli_bench_bad_input_exits_2(argv, capsys):
     assert main(argv) == 2 and "error" in capsys.readouterr().err
@@ -95,13 +95,13 @@ def test_cli_bench_foreign_baselines_with_fake_timm(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model,
                                                                    __version__="fake"))
     monkeypatch.setitem(bench.TIMM_BASELINES, "nf_cifar_resnet20", ("a", "b"))
-    argv = ["bench", "nf_cifar_resnet20", "--batch", "2", "--size", "16", "--warmup", "0",
+    argv = ["bench", "nf_cifar_resnet20", "--batch-size", "2", "--image-size", "16", "--warmup", "0",
             "--repeats", "1", "--steps", "1", "--threads", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert all(f"vs {b}" in out for b in ("bn_cifar_resnet20", "timm:a", "timm:b")), out
 
-    ns = types.SimpleNamespace(models=["nf_cifar_resnet20"], no_baseline=False, num_classes=None,
+    ns = types.SimpleNamespace(models=["nf_cifar_resnet20"], baseline=True, num_classes=None, in_chans=3,
                                deploy=True, grad_checkpointing=False)
     models, baselines, notes = bench._models(ns)
     assert baselines["nf_cifar_resnet20"] == ["bn_cifar_resnet20", "timm:a", "timm:b"]

@@ -39,21 +39,22 @@ def _capture(monkeypatch, target: object, name: str) -> dict:
 
 # ---- train: every TrainConfig field is a flag ---------------------------------------------------------
 
-TRAIN_FLAGS = {  # field: (what the user types, what the config must hold); all differ from the defaults
+TRAIN_FLAGS = {  # field: (what the user types, what the config must hold); all differ from the defaults.
+    # None: a boolean, typed as --name (True) or --no-name (False)
     "model": ("bn_cifar_resnet20", "bn_cifar_resnet20"), "data": ("synthetic", "synthetic"),
     "out_dir": ("runs/x", "runs/x"), "model_kwargs": ('{"width": 0.5}', {"width": 0.5}),
     "num_classes": ("4", 4), "image_size": ("48", 48), "train_subset": ("64", 64), "test_subset": ("32", 32),
     "epochs": ("3", 3), "batch_size": ("64", 64), "accum_steps": ("2", 2), "lr": ("0.3", 0.3),
     "min_lr": ("0.001", 0.001), "warmup_epochs": ("0.5", 0.5), "momentum": ("0.8", 0.8),
-    "nesterov": ("false", False), "weight_decay": ("1e-4", 1e-4), "param_groups": ("fixup", "fixup"),
+    "nesterov": (None, False), "weight_decay": ("1e-4", 1e-4), "param_groups": ("fixup", "fixup"),
     "skip_gain_lr_scale": ("0.5", 0.5), "gain_lr_scale": ("2", 2.0), "bias_lr_scale": ("3", 3.0),
     "label_smoothing": ("0.1", 0.1), "agc_clip": ("0.02", 0.02), "agc_eps": ("1e-4", 1e-4),
-    "ema_decay": ("0.99", 0.99), "augment": ("no", False), "mixup": ("0.2", 0.2), "cutmix": ("1.0", 1.0),
-    "seed": ("7", 7), "device": ("cpu", "cpu"), "amp": ("off", False), "channels_last": ("0", False),
-    "compile": ("yes", True), "grad_checkpointing": ("true", True), "eval_every": ("2", 2),
-    "log_every": ("5", 5), "spp_every": ("10", 10), "eval_batch_size": ("64", 64), "tta_flip": ("on", True),
+    "ema_decay": ("0.99", 0.99), "augment": (None, False), "mixup": ("0.2", 0.2), "cutmix": ("1.0", 1.0),
+    "seed": ("7", 7), "device": ("cpu", "cpu"), "amp": (None, False), "channels_last": (None, False),
+    "compile": (None, True), "grad_checkpointing": (None, True), "eval_every": ("2", 2),
+    "log_every": ("5", 5), "spp_every": ("10", 10), "eval_batch_size": ("64", 64), "tta_flip": (None, True),
     "divergence": ("warn", "warn"), "divergence_factor": ("8", 8.0), "divergence_patience": ("20", 20),
-    "dp": ("true", True), "epsilon": ("8", 8.0), "delta": ("1e-6", 1e-6), "max_grad_norm": ("0.5", 0.5),
+    "dp": (None, True), "epsilon": ("8", 8.0), "delta": ("1e-6", 1e-6), "max_grad_norm": ("0.5", 0.5),
     "noise_multiplier": ("1.1", 1.1), "accountant": ("prv", "prv"), "augmult": ("2", 2),
     "dp_physical_batch": ("16", 16), "dp_engine": ("opacus", "opacus"), "init": ("default", "default"),
 }
@@ -64,8 +65,9 @@ def test_every_train_flag_reaches_the_config():
     assert sorted(TRAIN_FLAGS) == sorted(f.name for f in fields), "a new TrainConfig field needs a row here"
     default = TrainConfig()
     argv = ["train"]
-    for name, (text, _) in TRAIN_FLAGS.items():
-        argv += ["--" + name.replace("_", "-"), text]
+    for name, (text, want) in TRAIN_FLAGS.items():
+        flag = name.replace("_", "-")
+        argv += [f"--{flag}", text] if text is not None else [f"--{flag}" if want else f"--no-{flag}"]
     cfg = config_from_args(build_parser().parse_args(argv))
     for name, (_, want) in TRAIN_FLAGS.items():
         assert getattr(default, name) != want, name
@@ -134,9 +136,9 @@ def test_eval_options_reach_evaluate_checkpoint(monkeypatch):
 
     seen = _capture(monkeypatch, cmd, "evaluate_checkpoint")
     with pytest.raises(Captured):
-        main(["eval", "run/last.safetensors", "--data", "synthetic", "--subset", "8", "--device", "cpu",
-              "--batch-size", "4"])
-    assert seen["args"] == ("run/last.safetensors", "synthetic", 8, "cpu", 4)
+        main(["eval", "run/last.safetensors", "--data", "synthetic", "--test-subset", "8", "--device", "cpu",
+              "-b", "4", "--image-size", "40"])
+    assert seen["args"] == ("run/last.safetensors", "synthetic", 8, "cpu", 4, 40)
 
 
 def test_eval_data_and_subset_change_what_is_scored(tmp_path, monkeypatch):
@@ -155,7 +157,7 @@ def test_eval_data_and_subset_change_what_is_scored(tmp_path, monkeypatch):
         return real_eval(net, data, mean, std, dev, batch_size, **kw)
 
     monkeypatch.setattr(trainer_mod, "evaluate", counting)
-    cmd.evaluate_checkpoint(ckpt, subset=8, batch_size=4)
+    cmd.evaluate_checkpoint(ckpt, test_subset=8, batch_size=4)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "test.npz", x=rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), y=np.arange(6) % 4)
     cmd.evaluate_checkpoint(ckpt, data=f"npz:{tmp_path}")
@@ -169,11 +171,11 @@ def test_spp_options_reach_measure(monkeypatch, tmp_path):
 
     seen = _capture(monkeypatch, cmd, "measure")
     with pytest.raises(Captured):
-        main(["spp", "nf_cifar_resnet20", "bn_cifar_resnet20", "--out", str(tmp_path), "--input-size", "24",
-              "--batch", "6", "--skipinit-gain", "1", "--checkpoint", "c.pt", "--data", "d.npz", "--grads",
+        main(["spp", "nf_cifar_resnet20", "bn_cifar_resnet20", "--out-dir", str(tmp_path), "--image-size", "24",
+              "-b", "6", "--skipinit-gain", "1", "--checkpoint", "c.pt", "--data", "npz:d", "--grads",
               "--seed", "3", "--device", "cpu"])
     assert seen["args"] == (["nf_cifar_resnet20", "bn_cifar_resnet20"],)
-    assert seen["kwargs"] == dict(batch=6, input_size=24, skipinit_gain=1.0, checkpoint="c.pt", data="d.npz",
+    assert seen["kwargs"] == dict(batch=6, input_size=24, skipinit_gain=1.0, checkpoint="c.pt", data="npz:d",
                                   gradients=True, seed=3, device="cpu")
 
 
@@ -193,8 +195,8 @@ def test_spp_measure_honours_every_argument(tmp_path):
     loaded = measure([SPEC], batch=4, input_size=16, checkpoint=str(tmp_path / "w.pt"))[0]
     assert loaded.var != base.var
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "test.npz", x=rng.integers(0, 60, (8, 16, 16, 3), dtype=np.uint8))
-    images = measure([SPEC], batch=4, input_size=16, data=str(tmp_path))[0]
+    np.savez(tmp_path / "test.npz", x=rng.integers(0, 60, (8, 16, 16, 3), dtype=np.uint8), y=np.zeros(8, dtype=int))
+    images = measure([SPEC], batch=4, input_size=16, data=f"npz:{tmp_path}")[0]
     assert images.input_shape == [4, 3, 16, 16] and images.var != base.var
 
 
@@ -214,7 +216,7 @@ def test_bench_options_reach_the_benchmark(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        got = _bench(monkeypatch, "nf_cifar_resnet20", "--infer", "--batch", "3", "--size", "20", "--device", "cpu",
+        got = _bench(monkeypatch, "nf_cifar_resnet20", "--infer", "-b", "3", "--image-size", "20", "--device", "cpu",
                      "--compile", "eager", "--channels-last", "--amp", "--warmup", "4", "--repeats", "2",
                      "--steps", "5", "--threads", "2", "--num-classes", "6")
         assert torch.get_num_threads() == 2
@@ -232,6 +234,16 @@ def test_bench_options_reach_the_benchmark(monkeypatch):
     assert defaults["models"]["nf_cifar_resnet20"].fc.out_features == 10
 
 
+def test_bench_data_sets_the_input_shape_and_classes(monkeypatch):
+    got = _bench(monkeypatch, "nf_cifar_resnet20", "--data", "demo", "--no-baseline")  # gray 8x8 digits, 10 classes
+    cfg, model = got["cfg"], got["models"]["nf_cifar_resnet20"]
+    assert (cfg.size, cfg.in_chans) == (8, 1)
+    assert model.fc.out_features == 10 and next(model.parameters()).shape[1] == 1
+    synthetic = _bench(monkeypatch, "nf_cifar_resnet20", "--data", "synthetic", "--image-size", "12", "--no-baseline")
+    assert (synthetic["cfg"].size, synthetic["cfg"].in_chans) == (12, 3)  # the flag wins over the data's 16 px
+    assert synthetic["models"]["nf_cifar_resnet20"].fc.out_features == 4
+
+
 def test_bench_model_transforming_options(monkeypatch):
     ckpt = _bench(monkeypatch, "nf_cifar_resnet20", "--grad-checkpointing", "--no-baseline")
     assert ckpt["models"]["nf_cifar_resnet20"].grad_checkpointing
@@ -246,7 +258,7 @@ def test_bench_model_transforming_options(monkeypatch):
 
 def test_bench_json_records_the_run(tmp_path, capsys):
     path = tmp_path / "b.json"
-    assert main(["bench", "nf_cifar_resnet20:width=0.25", "--no-baseline", "--batch", "2", "--size", "16",
+    assert main(["bench", "nf_cifar_resnet20:width=0.25", "--no-baseline", "--batch-size", "2", "--image-size", "16",
                  "--warmup", "0", "--repeats", "1", "--steps", "1", "--json", str(path)]) == 0
     record = json.loads(path.read_text())
     assert record["config"]["batch"] == 2 and record["config"]["size"] == 16
@@ -260,10 +272,10 @@ def test_compare_options_reach_compare(monkeypatch, capsys):
 
     seen = _capture(monkeypatch, mod, "compare")
     with pytest.raises(Captured):
-        main(["compare", "nf_cifar_resnet20", "bn_cifar_resnet20", "--data", "synthetic", "--out", "o",
-              "--batch-sizes", "16", "4", "--epochs", "3", "--lr", "0.2", "--lr-batch", "64", "--train-subset", "100",
+        main(["compare", "nf_cifar_resnet20", "bn_cifar_resnet20", "--data", "synthetic", "--out-dir", "o",
+              "-b", "16", "4", "--epochs", "3", "--lr", "0.2", "--lr-batch", "64", "--train-subset", "100",
               "--test-subset", "50", "--weight-decay", "1e-3", "--warmup-epochs", "0.5", "--eval-batch-size", "32",
-              "--spp-batch", "8", "--spp-skipinit-gain", "1", "--seed", "2", "--device", "cpu"])
+              "--spp-batch-size", "8", "--spp-skipinit-gain", "1", "--seed", "2", "--device", "cpu"])
     assert seen["args"] == (["nf_cifar_resnet20", "bn_cifar_resnet20"], "synthetic", "o")
     assert seen["kwargs"] == dict(batch_sizes=[16, 4], epochs=3, lr=0.2, lr_batch=64, train_subset=100,
                                   test_subset=50, spp_batch=8, spp_skipinit_gain=1.0, seed=2, device="cpu",
@@ -274,11 +286,17 @@ def test_compare_options_reach_compare(monkeypatch, capsys):
 
 def test_convert_options_reach_the_converters(monkeypatch, tmp_path):
     import normfree.convert as conv
+    import normfree.convert.deepmind as dm
 
+    monkeypatch.setattr(dm, "read_params", lambda path, allow_pickle: {"linear/w": np.zeros((4, 9)),
+                                                                       "allowed": allow_pickle})
     seen = _capture(monkeypatch, conv, "from_deepmind")
     (tmp_path / "p.npz").write_bytes(b"")
+    argv = ["convert", "--from", "deepmind", str(tmp_path / "p.npz"), "--model", "nfnet_f0", "--out", "o.st"]
     with pytest.raises(Captured):
-        main(["convert", "--from", "deepmind", str(tmp_path / "p.npz"), "--model", "nfnet_f0", "--out", "o.st",
-              "--num-classes", "7", "--allow-pickle"])
-    assert seen["args"] == ("nfnet_f0", str(tmp_path / "p.npz"))
-    assert seen["kwargs"] == {"allow_pickle": True, "num_classes": 7}
+        main([*argv, "--num-classes", "7", "--allow-pickle"])
+    assert seen["args"][0] == "nfnet_f0" and seen["args"][1]["net/allowed"] is True
+    assert seen["kwargs"] == {"num_classes": 7}
+    with pytest.raises(Captured):
+        main(argv)
+    assert seen["kwargs"] == {"num_classes": 9} and seen["args"][1]["net/allowed"] is False  # the source's head

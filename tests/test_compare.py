@@ -97,13 +97,13 @@ def test_compare_writes_figure_and_table_and_every_variant_trains(tmp_path):
 
 def test_compare_cli_rejects_unknown_models_before_any_work(tmp_path, capsys):
     assert main(["compare", "nf_cifar_resnet20", "bn_cifar_resnt20", "--data", "synthetic",
-                 "--out", str(tmp_path / "out")]) == 2
+                 "--out-dir", str(tmp_path / "out")]) == 2
     assert "bn_cifar_resnet20" in capsys.readouterr().err  # the suggestion
     assert not (tmp_path / "out").exists()
 
 
 def test_compare_rejects_bad_batch_sizes(tmp_path):
-    with pytest.raises(NormfreeError, match="--batch-sizes = 0: must be an integer >= 1"):
+    with pytest.raises(NormfreeError, match="--batch-size = 0: must be an integer >= 1"):
         compare(["nf_cifar_resnet20"], "synthetic", tmp_path, batch_sizes=(0,))
 
 def test_a_diverging_run_is_a_row_not_a_crash(tmp_path):

@@ -215,7 +215,7 @@ def test_load_weights_reads_state_dicts_and_training_checkpoints(tmp_path):
 def test_cli_turns_only_project_errors_into_one_line(monkeypatch, capsys, tmp_path):
     import normfree.commands.models as models_cmd
 
-    assert main(["spp", "nf_resnet26:widht=1", "--out", str(tmp_path)]) == 2
+    assert main(["spp", "nf_resnet26:widht=1", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "did you mean 'width'" in err and "Traceback" not in err
 
@@ -235,6 +235,6 @@ def test_cli_turns_only_project_errors_into_one_line(monkeypatch, capsys, tmp_pa
     assert main(["eval", str(tmp_path / "missing.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "a_file").write_text("")
-    assert main(["spp", "nf_cifar_resnet20:width=0.25", "--batch", "2", "--out", str(tmp_path / "a_file" / "out")]) == 2
+    assert main(["spp", "nf_cifar_resnet20:width=0.25", "--batch-size", "2", "--out-dir", str(tmp_path / "a_file" / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # an OSError on the user's path: one line
     assert err.startswith("normfree spp: error:") and "a_file" in err

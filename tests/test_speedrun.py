@@ -228,7 +228,7 @@ def test_speedrun_command_end_to_end(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     d = _npz_dir(tmp_path / "data")
     argv = ["speedrun", "--data", f"npz:{d}", "--epochs", "1", "--batch-size", "64", "--seeds", "2",
-            "--device", "cpu", "--out", str(tmp_path / "out"), "--set", "model_kwargs={'widths': (8, 16, 16)}",
+            "--device", "cpu", "--out-dir", str(tmp_path / "out"), "--set", "model_kwargs={'widths': (8, 16, 16)}",
             "--set", "whiten_images=64", "--set", "data_init_images=64"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 { echo "start: $(date -u) | $(uptime)"; echo "cores: $(nproc --all)"; } > "$OUT/machine.log"
 MODELS=()
 for p in nf bn relubn revbn gnws evob0 evos0 fixup skipinit; do MODELS+=("${p}_cifar_resnet20"); done
-.venv/bin/normfree compare "${MODELS[@]}" --data "$DATA" --out "$OUT" --batch-sizes 128 8 \
+.venv/bin/normfree compare "${MODELS[@]}" --data "$DATA" --out-dir "$OUT" --batch-size 128 8 \
     --epochs 2 --warmup-epochs 0.5 --train-subset 2000 --test-subset 2000 --lr 0.1 --lr-batch 128 \
     --spp-skipinit-gain 1 --seed 0 --device cpu 2>&1 | tr '\r' '\n' | grep -v '%|' | grep -v '^ *$' > "$OUT/stdout.log"
 echo "end: $(date -u) | $(uptime)" >> "$OUT/machine.log"

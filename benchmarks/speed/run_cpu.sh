@@ -21,7 +21,7 @@ run() {  # run OUTNAME ARGS...
     echo "uptime after: $(uptime)" >> "$D/$out.txt"
     cat "$D/$out.txt"
 }
-run train_cpu_b8_s128_t1_$T "$MODEL" --train --batch 8 --size 128 --warmup 1 --repeats 9 --steps 1 --threads 1
-run train_cpu_b16_s160_t1_$T "$MODEL" --train --batch 16 --size 160 --warmup 1 --repeats 7 --steps 1 --threads 1
+run train_cpu_b8_s128_t1_$T "$MODEL" --train --batch-size 8 --image-size 128 --warmup 1 --repeats 9 --steps 1 --threads 1
+run train_cpu_b16_s160_t1_$T "$MODEL" --train --batch-size 16 --image-size 160 --warmup 1 --repeats 7 --steps 1 --threads 1
 [ -n "$TRAIN_ONLY" ] && exit 0
-run infer_deploy_cpu_b8_s224_t1_$T "$MODEL" --infer --deploy --batch 8 --size 224 --warmup 1 --repeats 5 --steps 2 --threads 1
+run infer_deploy_cpu_b8_s224_t1_$T "$MODEL" --infer --deploy --batch-size 8 --image-size 224 --warmup 1 --repeats 5 --steps 2 --threads 1

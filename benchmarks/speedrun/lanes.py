@@ -47,7 +47,7 @@ def command(run: dict[str, Any], data: str, device: str, threads: int) -> list[s
     flags = [f"--{k.replace('_', '-')}={values.pop(k)}" for k in ("train_subset", "test_subset") if k in values]
     sets = [f"--set={k}={v!r}" for k, v in values.items()]
     return [sys.executable, "-m", "normfree.cli", "speedrun", "--recipe", run["recipe"], "--data", data,
-            "--device", device, "--seed", str(run["seed"]), "--out", os.path.relpath(run["cell"]),
+            "--device", device, "--seed", str(run["seed"]), "--out-dir", os.path.relpath(run["cell"]),
             *(["--threads", str(threads)] if threads else []), *flags, *sets]
 
 

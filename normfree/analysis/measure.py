@@ -5,19 +5,17 @@ This is what ``normfree spp``, ``normfree demo`` and :func:`normfree.train.compa
 """
 from __future__ import annotations
 
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..figures import data_label
 from ..resources import check_batch_fits
-from ..safeio import one_line
 from ..registry import create_model, get_entry, parse_model_spec
 from ..init import autoinit
 from ..train.checkpoint import load_weights
@@ -27,30 +25,39 @@ from .plot import plot_spp
 from .spp import SPPResult, _input_channels, make_inputs, save_csv, save_json, signal_propagation
 
 
-def load_npz_images(path: str | Path, batch: int, size: int) -> torch.Tensor:
-    """The first ``batch`` images of an .npz (``x``: uint8 N×H×W×C), standardized per channel and resized
-    to ``size``. A directory means its ``test.npz`` (else its first .npz)."""
-    path = Path(path)
-    if path.is_dir():
-        files = [path / "test.npz"] if (path / "test.npz").is_file() else sorted(path.glob("*.npz"))
-        if not files:
-            raise DataError(f"no .npz file in {path}")
-        path = files[0]
-    if not path.is_file():
-        raise DataError(f"data {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            x = np.asarray(data["x"][:batch]) if "x" in data else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"cannot read {path} (truncated or not an .npz archive): {one_line(err)}") from None
-    if x is None or x.dtype != np.uint8 or x.ndim != 4 or len(x) < 2:
-        raise DataError(f"{path} needs an array 'x' of at least 2 uint8 images N×H×W×C, found "
-                        + ("none" if x is None else f"{x.dtype} {x.shape}"))
-    x = torch.from_numpy(x).float().permute(0, 3, 1, 2) / 255
+def load_images(spec: str, batch: int, size: int) -> torch.Tensor:
+    """``batch`` test images of a data spec (``normfree train``'s grammar: npz:DIR, imagefolder:DIR, ...),
+    evenly spaced through the split so that they span its classes, standardized per channel and resized
+    to ``size``."""
+    from ..train.data import load_data, step_generator
+
+    with warnings.catch_warnings():  # an image folder without val/: its training images serve as well
+        warnings.simplefilter("ignore")
+        data = load_data(spec, "test", 0, size)
+    if len(data) < 2:
+        raise DataError(f"{data.name} has {len(data)} test image(s); SPP statistics need at least 2")
+    idx = torch.linspace(0, len(data) - 1, min(batch, len(data))).round().long()
+    x = data.batch(idx, False, step_generator(0))[0].float().permute(0, 3, 1, 2) / 255
     x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x
+
+
+def _checkpoint_record(path: str, name: str) -> dict:
+    """Model options and ``pretrained_cfg`` a checkpoint records ({} for a plain weight file), after
+    checking that it holds ``name``."""
+    from ..pretrained import checkpoint_info
+
+    if not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return {}
+    try:
+        info = checkpoint_info(path)
+    except CheckpointError:  # plain weights without metadata: load_weights reads them
+        return {}
+    if info["model"] != name:
+        raise ConfigError(f"--checkpoint {path} holds a {info['model']}, not a {name}")
+    return info
 
 
 def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = None,
@@ -68,8 +75,12 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
         name, kwargs = parse_model_spec(spec)
         if skipinit_gain is not None and "skipinit_gain" in get_entry(name).options():
             kwargs.setdefault("skipinit_gain", skipinit_gain)
+        record = _checkpoint_record(checkpoint, name) if checkpoint else {}
+        kwargs = {**record.get("model_kwargs", {}), **kwargs}  # classes, channels, options as trained
         torch.manual_seed(seed)
         model = create_model(name, **kwargs)
+        if record.get("pretrained_cfg"):
+            model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **record["pretrained_cfg"]}
         if checkpoint:
             load_weights(model, checkpoint)
         elif parse_init("auto", name)[0] == "autoinit":  # data-free: measure as training starts
@@ -78,7 +89,7 @@ def measure(specs: Sequence[str], *, batch: int = 16, input_size: int | None = N
         check_batch_fits(model, (batch, _input_channels(model) or 3, size, size), device, gradients)
         model.to(device)
         if data:
-            x = load_npz_images(data, batch, size).to(device)
+            x = load_images(data, batch, size).to(device)
         else:
             x = make_inputs(model, batch=batch, size=size, seed=seed)
         result = signal_propagation(model, x, seed=seed, gradients=gradients)

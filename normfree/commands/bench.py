@@ -19,6 +19,7 @@ from ..resources import check_batch_fits
 from ..errors import NormfreeError
 from ..deploy import deploy
 from ..registry import create_model, list_models, parse_model_spec
+from .options import add_batch_size, add_data, add_flag, add_image_size
 
 TIMM_BASELINES = {"nf_resnet50": ("nf_resnet50", "resnet50")}
 """Our model name → timm models benchmarked beside it when timm is installed."""
@@ -35,27 +36,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="forward + backward + SGD step (default)")
     mode.add_argument("--infer", dest="mode", action="store_const", const="infer",
                       help="forward under inference_mode, eval mode")
-    p.set_defaults(mode="train", func=run)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--size", type=int, default=224, help="square input resolution")
+    p.set_defaults(mode="train", func=run, in_chans=3)
+    add_batch_size(p, 8, "images per step (default: 8)", old=("--batch",))
+    add_image_size(p, None, "square input resolution (default: the --data images' size, else 224)",
+                   old=("--size",))
+    add_data(p, "time inputs shaped like this data set's images (size, channels, class count) instead of "
+                "224 px RGB")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile every model (default backend: inductor)")
-    p.add_argument("--deploy", action="store_true",
-                   help="--infer on normfree.deploy(model): folded NF nets vs BN-folded twins")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on for CUDA, off for CPU")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast; default: on for CUDA, off for CPU")
+    add_flag(p, "--deploy", help="--infer on normfree.deploy(model): folded NF nets vs BN-folded twins")
+    add_flag(p, "--channels-last", None, "default: on for CUDA, off for CPU")
+    add_flag(p, "--amp", None, "bf16 autocast; default: on for CUDA, off for CPU")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     p.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
-    p.add_argument("--grad-checkpointing", action="store_true",
-                   help="--train with every model's blocks recomputed in backward (timm's too)")
+    add_flag(p, "--grad-checkpointing",
+             help="--train with every model's blocks recomputed in backward (timm's too)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the model's own")
-    p.add_argument("--no-baseline", action="store_true", help="do not add BN twins / timm models")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the --data's, else the model's own")
+    add_flag(p, "--baseline", True, "add BN twins / timm models (default: on)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+
+
+def _data_shape(args: argparse.Namespace) -> None:
+    """Take image size, channels and class count from ``--data`` where no flag sets them."""
+    from ..train.data import ArrayData, check_splits, load_data
+
+    train, test = (load_data(args.data, split, 0, args.image_size or 224) for split in ("train", "test"))
+    if args.num_classes is None:
+        args.num_classes = check_splits(train, test, None)
+    if isinstance(train, ArrayData):
+        args.in_chans = int(train.x.shape[-1])
+        if args.image_size is None:
+            args.image_size = int(train.x.shape[1])
 
 
 def _deploy_foreign(model: nn.Module) -> nn.Module:
@@ -79,7 +93,7 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
     if unknown:
         raise NormfreeError(f"unknown model(s) {unknown}; `normfree models` lists all")
     names, baseline, notes = list(args.models), {}, []
-    if not args.no_baseline:
+    if args.baseline:
         for spec, (name, kwargs) in list(specs.items()):
             twin = "bn_" + name[3:]
             if name.startswith("nf_") and twin in known:
@@ -89,6 +103,8 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
                 if twin_spec not in names:
                     names.append(twin_spec)
     extra = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    if args.in_chans != 3:
+        extra["in_chans"] = args.in_chans
     models = {}
     for spec in names:
         name, kwargs = specs[spec]
@@ -97,7 +113,7 @@ def _models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, l
         except (TypeError, ValueError) as e:
             raise NormfreeError(f"cannot build {spec!r}: {e}") from e
     wanted = any(TIMM_BASELINES.get(name) for name, _ in specs.values())
-    if wanted and not args.no_baseline:
+    if wanted and args.baseline:
         try:
             import timm
         except ImportError:
@@ -142,8 +158,12 @@ def run(args: argparse.Namespace) -> int:
         raise NormfreeError("--deploy measures inference: add --infer")
     if args.grad_checkpointing and args.mode != "train":
         raise NormfreeError("--grad-checkpointing only changes training: drop --infer")
-    for option in ("batch", "size", "repeats", "steps"):
-        check_number(f"--{option}", getattr(args, option), POSITIVE_INT)
+    if args.data:
+        _data_shape(args)
+    if args.image_size is None:
+        args.image_size = 224
+    for option in ("batch_size", "image_size", "repeats", "steps"):
+        check_number("--" + option.replace("_", "-"), getattr(args, option), POSITIVE_INT)
     check_number("--warmup", args.warmup, NONNEGATIVE_INT)
     if args.threads is not None:
         torch.set_num_threads(check_number("--threads", args.threads, POSITIVE_INT))
@@ -151,11 +171,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_out_file("--json", args.json)
     models, baseline, notes = _models(args)
-    for model in models.values():
-        check_batch_fits(model, (args.batch, 3, args.size, args.size), args.device, args.mode == "train")
-    cfg = BenchConfig(mode=args.mode, batch=args.batch, size=args.size, device=args.device,
+    cfg = BenchConfig(mode=args.mode, batch=args.batch_size, size=args.image_size,
+                      in_chans=args.in_chans, device=args.device,
                       compile=args.compile, channels_last=args.channels_last, amp=args.amp,
                       warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    for model in models.values():
+        check_batch_fits(model, (cfg.batch, cfg.in_chans, cfg.size, cfg.size), cfg.device, cfg.mode == "train")
     results = {r.name: r for r in run_benchmark(models, cfg)}
     print(f"mode={cfg.mode} batch={cfg.batch} size={cfg.size} device={cfg.device} "
           f"channels_last={cfg.use_channels_last} bf16={cfg.use_amp} compile={cfg.compile} "

@@ -11,6 +11,7 @@ import torch
 from ..checks import POSITIVE_INT, check_number, check_out_file
 from ..errors import CheckpointError
 from ..safeio import atomic_write
+from .options import add_flag
 
 
 def load_torch_state_dict(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
@@ -31,27 +32,41 @@ def load_torch_state_dict(path: str, allow_pickle: bool) -> dict[str, torch.Tens
     return state
 
 
+def source_classes(params: dict[str, Any], source: str) -> int | None:
+    """The class count of a source checkpoint's classifier (DeepMind ``linear/w`` is [in, out], timm's
+    ``head.fc.weight`` [out, in]); None when it has none."""
+    key, axis = ("linear/w", -1) if source == "deepmind" else ("head.fc.weight", 0)
+    return int(params[key].shape[axis]) if key in params and len(params[key].shape) == 2 else None
+
+
 def _run(args: argparse.Namespace) -> None:
     from safetensors.torch import save_file
 
     from ..convert import from_deepmind, from_timm
+    from ..convert.deepmind import read_params
 
     if not os.path.isfile(args.src):
         raise CheckpointError(f"source checkpoint {args.src} does not exist or is not a file")
     check_out_file("--out", args.out)
-    kwargs: dict[str, Any] = {} if args.num_classes is None else {
-        "num_classes": check_number("--num-classes", args.num_classes, POSITIVE_INT)}
+    params: dict[str, Any] = (read_params(args.src, allow_pickle=args.allow_pickle) if args.source == "deepmind"
+                              else load_torch_state_dict(args.src, args.allow_pickle))
+    classes = source_classes(params, args.source)
+    if args.num_classes is not None:
+        classes = check_number("--num-classes", args.num_classes, POSITIVE_INT)
+    kwargs: dict[str, Any] = {} if classes is None else {"num_classes": classes}
     if args.source == "deepmind":
-        model = from_deepmind(args.model, args.src, allow_pickle=args.allow_pickle, **kwargs)
+        rooted = {f"net/{k}": v for k, v in params.items()}  # read once: from_deepmind strips a root again
+        model = from_deepmind(args.model, rooted, **kwargs)
     else:
-        model = from_timm(load_torch_state_dict(args.src, args.allow_pickle), args.model, **kwargs)
+        model = from_timm(params, args.model, **kwargs)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     meta = {"model": model.model_name, "source": args.source, "source_model": args.model,
             "model_kwargs": json.dumps(getattr(model, "convert_kwargs", kwargs)),
             "pretrained_cfg": json.dumps(getattr(model, "pretrained_cfg", None))}
     atomic_write(args.out, lambda tmp: save_file(state, tmp, metadata=meta))
-    print(f"wrote {args.out}: {model.model_name} ({len(state)} tensors) from {args.source} weights "
-          f"{args.src}; rebuild with create_model({model.model_name!r}, **model_kwargs) from its metadata")
+    where = "--num-classes" if args.num_classes is not None else "the source's classifier"
+    print(f"wrote {args.out}: {model.model_name} ({len(state)} tensors, {model.num_classes} classes from "
+          f"{where}) from {args.source} weights {args.src}; load it with normfree.load({args.out!r})")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +80,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="deepmind: our model name (nfnet_f0, nf_regnet_b1, ...); timm: the timm name "
                         "(dm_nfnet_f0 ... dm_nfnet_f6, nf_resnet50, nf_regnet_b1)")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--num-classes", type=int, help="classifier size if not 1000")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow a pickle-format source (the official DeepMind files, timm .pth); it is read "
+    p.add_argument("--num-classes", type=int, help="classifier size (default: the source classifier's)")
+    add_flag(p, "--allow-pickle",
+             help="allow a pickle-format source (the official DeepMind files, timm .pth); it is read "
                         "with a restricted unpickler that builds only containers and arrays, never code")
     p.set_defaults(func=_run)

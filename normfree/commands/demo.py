@@ -12,6 +12,7 @@ import time
 
 from ..analysis.measure import measure, write
 from .models import print_table
+from .options import add_batch_size, add_image_size, add_out_dir
 
 STORY = ("bn_resnet50", "nf_resnet50:std_conv=False", "nf_resnet50")
 
@@ -20,20 +21,20 @@ def _run(args: argparse.Namespace) -> None:
     print_table(args.pattern)
     specs = [f"{s}{',' if ':' in s else ':'}width={args.width:g}" if args.width != 4 else s for s in STORY]
     print(f"\nSignal propagation at initialization: {', '.join(specs)}; NF skip gains 1; "
-          f"N(0,1) inputs {args.batch}x3x{args.input_size}x{args.input_size}")
+          f"N(0,1) inputs {args.batch_size}x3x{args.image_size}x{args.image_size}")
     start = time.perf_counter()
-    results = measure(specs, batch=args.batch, input_size=args.input_size, skipinit_gain=1.0)
+    results = measure(specs, batch=args.batch_size, input_size=args.image_size, skipinit_gain=1.0)
     print(f"measured in {time.perf_counter() - start:.1f}s\n")
     width = f"width {args.width:g}" + (" (official)" if args.width == 4 else " (reduced; official 4)")
-    write(results, args.out,
-          title=f"ResNet-50 depth, {width}, {args.input_size}px N(0,1) inputs, batch {args.batch}")
+    write(results, args.out_dir,
+          title=f"ResNet-50 depth, {width}, {args.image_size}px N(0,1) inputs, batch {args.batch_size}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="model table and the paper's signal-propagation figure (CPU, ~1 min)")
-    p.add_argument("--out", default="out/demo", help="folder for spp.png/json/csv")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--input-size", type=int, default=224)
+    add_out_dir(p, "folder for spp.png/json/csv (default: out/demo)", default="out/demo")
+    add_batch_size(p, 16, "images per measurement (default: 16)", old=("--batch",))
+    add_image_size(p, 224, "image size (default: 224)", old=("--input-size",))
     p.add_argument("--width", type=float, default=4, help="channel multiplier (4 = official ResNet-50)")
     p.add_argument("--pattern", default="nf_", help="which models the table shows")
     p.set_defaults(func=_run)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -12,20 +14,31 @@ from ..profile import count_macs, count_params
 from ..registry import create_model, get_entry, list_models
 
 
-def model_rows(pattern: str | None = None) -> Iterator[tuple[str, float, float, int, str]]:
-    """(name, params in M, multiply-adds in G at the default resolution, resolution, description).
+TABLE = Path(__file__).resolve().parents[1] / "model_table.json"
+"""Parameters, multiply-adds and resolution of every registered model at its defaults, so that listing
+all of them takes no model building; ``python tools/model_table.py`` rewrites it and
+``tests/test_cli_vocabulary.py`` checks it against fresh counts."""
 
-    Models are built on the ``meta`` device: shapes only, no memory, no compute.
-    """
+
+def count_model(name: str) -> dict[str, int]:
+    """``params``, ``macs`` (one image at ``res``) and ``res`` of ``name`` at its defaults, counted on the
+    ``meta`` device: shapes only, no memory, no compute."""
+    with torch.device("meta"):
+        model = create_model(name)
+    size = model.input_size
+    return {"params": count_params(model), "macs": count_macs(model, size), "res": size}
+
+
+def model_rows(pattern: str | None = None) -> Iterator[tuple[str, float, float, int, str]]:
+    """(name, params in M, multiply-adds in G at the default resolution, resolution, description):
+    from :data:`TABLE`, or counted for models it does not hold (registered by the user)."""
     names = list_models(pattern)
     if not names:
         raise ModelSpecError(f"no model matches {pattern!r}; `normfree models` lists all")
+    table = json.loads(TABLE.read_text()) if TABLE.is_file() else {}
     for name in names:
-        with torch.device("meta"):
-            model = create_model(name)
-        size = model.input_size
-        yield (name, count_params(model) / 1e6, count_macs(model, size) / 1e9, size,
-               get_entry(name).description)
+        row = table.get(name) or count_model(name)
+        yield name, row["params"] / 1e6, row["macs"] / 1e9, row["res"], get_entry(name).description
 
 
 def print_table(pattern: str | None = None) -> None:

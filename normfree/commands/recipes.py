@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_flag
+
 
 def _run(args: argparse.Namespace) -> None:
     from ..train.recipes import format_recipes, list_recipes
@@ -13,5 +15,5 @@ def _run(args: argparse.Namespace) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list the named training recipes (normfree train --recipe NAME)",
                        description="Print every shipped training recipe with its TrainConfig values.")
-    p.add_argument("--names", action="store_true", help="print only the names")
+    add_flag(p, "--names", help="print only the names")
     p.set_defaults(func=_run)

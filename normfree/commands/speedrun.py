@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import literal_or_word
+from .options import add_batch_size, add_data, add_flag, add_out_dir
 
 
 def parse_settings(items: list[str]) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> None:
     data = load_cifar(args.data, device, args.train_subset, args.test_subset)
     print(f"speedrun {recipe.name} ({recipe.model}) on {device}: {len(data[0][1])} train / "
           f"{len(data[1][1])} test images, {recipe.epochs} epochs at batch {recipe.batch_size}")
-    if device.type == "cuda" and not args.no_warmup:
+    if device.type == "cuda" and args.cuda_warmup:
         # untimed throwaway steps, so that cuDNN autotuning is not in the first run's wall time
         (x, y), (xt, yt) = data
         steps = min(10, len(y) // recipe.batch_size)
@@ -58,11 +59,11 @@ def _run(args: argparse.Namespace) -> None:
               args.seed, device, log=lambda s: None)
     rows = []
     for seed in range(args.seed, args.seed + args.seeds):
-        out = Path(args.out) / f"s{seed}" if args.out else None
+        out = Path(args.out_dir) / f"s{seed}" if args.out_dir else None
         if out is not None and (out / "result.json").is_file() and not args.rerun:
             saved = json.loads((out / "result.json").read_text())
             if saved.get("settings") != json.loads(json.dumps(dataclasses.asdict(recipe))):
-                raise ConfigError(f"{out} holds a result of other settings; use another --out or --rerun")
+                raise ConfigError(f"{out} holds a result of other settings; use another --out-dir or --rerun")
             row = {k: v for k, v in saved.items() if k != "settings"}
             print(f"seed {seed}: finished earlier ({out / 'result.json'})")
         else:
@@ -88,21 +89,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a speedrun recipe on CIFAR-10 and print test accuracy with and "
                                    "without TTA, wall time, device and training FLOPs. See docs/speedrun.md.")
     p.add_argument("--recipe", default="nf_speedrun", choices=list(RECIPES), help="(default: nf_speedrun)")
-    p.add_argument("--data", help="npz:DIR (train.npz/test.npz: uint8 NHWC x, int labels y) or cifar10:DIR")
+    add_data(p, "CIFAR-10 (npz:DIR with train.npz/test.npz, or cifar10:DIR)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds; prints mean ± std (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--out", help="folder: per-seed checkpoints (resumed after an interruption) and "
-                                 "result.json (a finished seed is not rerun)")
-    p.add_argument("--rerun", action="store_true", help="train seeds again even if --out has their result")
+    add_out_dir(p, "per-seed checkpoints (resumed after an interruption) and result.json (a finished seed "
+                   "is not rerun)")
+    add_flag(p, "--rerun", help="train seeds again even if --out-dir has their result")
     p.add_argument("--epochs", type=float, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    add_batch_size(p, None, "override the recipe's batch size")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe setting, e.g. --set agc_clip=0.04 (repeatable)")
     p.add_argument("--eval-every", type=int, default=0, help="also print test top-1 every N epochs (untimed)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images")
     p.add_argument("--test-subset", type=int, default=0, help="use only the first N test images")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
-    p.add_argument("--no-warmup", action="store_true", help="CUDA: skip the untimed warm-up steps")
-    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    add_flag(p, "--cuda-warmup", True, "CUDA: untimed warm-up steps before the timed runs (default: on)",
+             old="--no-warmup")
+    add_flag(p, "--list", help="list the recipes and exit")
     p.set_defaults(func=_run)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
+from .options import BoolValueAction, HelpFormatter, add_flag
+
 if TYPE_CHECKING:
     from ..train.config import TrainConfig
 
@@ -22,8 +24,6 @@ def _field_type(f: dataclasses.Field) -> Any:
     t = str(f.type)
     if t.startswith("dict"):
         return json.loads
-    if t == "bool":
-        return _parse_bool
     if t.startswith("int"):
         return int
     return float if t == "float" else str
@@ -54,7 +54,10 @@ def _run(args: argparse.Namespace) -> None:
 
         print(format_recipes())
         return
-    summary = Trainer(config_from_args(args), resume=args.resume, overwrite=args.overwrite).fit()
+    trainer = Trainer(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
+    summary = trainer.fit()
+    if not trainer.dist.main:  # under torchrun the summary is rank 0's to print
+        return
     keys = ("model", "steps", "wall_time_s", "test_top1", "test_top5", "ema_test_top1", "best_top1")
     print("summary: " + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
                                   f"{k}={summary[k]}" for k in keys if k in summary))
@@ -64,12 +67,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..train.config import TrainConfig
 
     p = sub.add_parser("train", help="train a model (flags, a YAML --config, torchrun for DDP)",
-                       description="Train a model. Flags override --config values; see docs/training.md.")
+                       description="Train a model. Flags override --config values; see docs/training.md.",
+                       usage="normfree train [--recipe NAME] [--config YAML] [--resume CKPT] [OPTION ...]",
+                       formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML file with TrainConfig keys")
     p.add_argument("--resume", help="checkpoint (.safetensors) to continue from exactly")
-    p.add_argument("--overwrite", action="store_true",
-                   help="if --out-dir already holds a run, move it aside to DIR.old-N and start anew "
-                        "(without this, training into a folder that holds a run is refused)")
+    add_flag(p, "--overwrite", help="if --out-dir already holds a run, move it aside to DIR.old-N and start "
+                                    "anew (without this, training into a folder that holds a run is refused)")
     p.add_argument("--recipe", help="named recipe whose values the other flags override; 'list' prints them")
     docs = TrainConfig.field_help()
     for f in dataclasses.fields(TrainConfig):
@@ -77,8 +81,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         doc = docs.get(f.name, "")
-        bare = {"nargs": "?", "const": True} if str(f.type) == "bool" else {}  # `--dp` alone means true
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,
-                       metavar=f.name.split("_")[-1].upper(), **bare,
-                       help=f"{doc} (default: {default})" if doc else f"(default: {default})")
+        flags = ["--" + f.name.replace("_", "-")] + (["-b"] if f.name == "batch_size" else [])
+        text = f"{doc} (default: {default})" if doc else f"(default: {default})"
+        if str(f.type) == "bool":  # --amp / --no-amp; the older --amp false still works (deprecated)
+            p.add_argument(*flags, dest=f.name, action=BoolValueAction, parse=_parse_bool, default=None,
+                           help=text)
+        else:
+            p.add_argument(*flags, dest=f.name, type=_field_type(f), default=None,
+                           metavar=f.name.split("_")[-1].upper(), help=text)
     p.set_defaults(func=_run)

@@ -36,6 +36,11 @@ def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> tuple[di
     (missing, truncated, not safetensors, no normfree metadata, metadata without the ``require`` keys,
     e.g. :data:`TRAIN_META_KEYS` for a checkpoint of ``normfree train``)."""
     tensors, metadata = read_safetensors(path)
+    return tensors, checkpoint_meta(path, metadata, require)
+
+
+def checkpoint_meta(path: str | Path, metadata: dict[str, str], require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The checked normfree metadata of a safetensors file's raw ``metadata`` (see :func:`load_checkpoint`)."""
     try:
         meta = json.loads(metadata.get("normfree", "null"))
     except json.JSONDecodeError:
@@ -50,7 +55,7 @@ def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> tuple[di
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}; this normfree reads "
                               f"format {CHECKPOINT_FORMAT} only")
-    return tensors, meta
+    return meta
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

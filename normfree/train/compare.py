@@ -98,7 +98,7 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seed needs one or more distinct seeds, got {seeds}")
     check_number("--lr-batch", lr_batch, POSITIVE_INT)
-    check_number("--spp-batch", spp_batch, Domain(integer=True, low=2))
+    check_number("--spp-batch-size", spp_batch, Domain(integer=True, low=2))
     runs = [(b, spec, name, kwargs, f"{label}_bs{b}" + (f"_seed{s}" if len(seeds) > 1 else ""), s)
             for b in batch_sizes for s in seeds for spec, (name, kwargs), label in zip(models, parsed, labels)]
     configs = [TrainConfig.from_dict({  # every value checked before the first run starts
@@ -109,9 +109,9 @@ def compare(models: Sequence[str], data: str, out: str | Path, *, batch_sizes: S
     parse_data_spec(data)
     taken = [c.out_dir for c in configs if holds_run(Path(c.out_dir))]
     if taken:
-        raise ConfigError(f"--out {out} already holds a comparison (runs such as {taken[0]}); choose another "
-                          "--out so the new table does not mix with the old runs")
-    out = check_out_dir("--out", out)
+        raise ConfigError(f"--out-dir {out} already holds a comparison (runs such as {taken[0]}); choose another "
+                          "--out-dir so the new table does not mix with the old runs")
+    out = check_out_dir("--out-dir", out)
 
     spp_specs = [_spp_spec(spec, name, kw, spp_skipinit_gain) for spec, (name, kw) in zip(models, parsed)]
     spp_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -139,7 +139,7 @@ def _check_models(models: Sequence[str], batch_sizes: Sequence[int]
     if not batch_sizes:
         raise ConfigError("give at least one batch size")
     for b in batch_sizes:
-        check_number("--batch-sizes", b, POSITIVE_INT)
+        check_number("--batch-size", b, POSITIVE_INT)
     parsed = [parse_model_spec(s) for s in models]
     for name, _ in parsed:
         get_entry(name)

@@ -22,6 +22,7 @@ from ..registry import create_model
 from ..resources import check_batch_fits
 from ..analysis import SPPRecorder
 from ..analysis.spp import load_json
+from .advice import small_data_warning
 from .agc import agc_params, clip_grad_agc_
 from .checkpoint import TRAIN_META_KEYS, load_checkpoint, save_checkpoint, split_prefix
 from .config import TrainConfig
@@ -114,6 +115,8 @@ class Trainer:
         num_classes, in_chans = self._init_data()
         self._init_model(num_classes, in_chans, meta)
         self._init_batching()
+        if self.dist.main and not ckpt:
+            self._advise()
         self.init_info = None if ckpt else initialize_model(self)  # --init: GradInit / AutoInit
         self._init_optimizer()
         self.step, self.best_top1, self.progress = 0, -1.0, Progress()
@@ -172,7 +175,8 @@ class Trainer:
         self.meta_static: dict[str, Any] = {
             "model": cfg.model, "model_kwargs": cfg.model_kwargs,
             "num_classes": num_classes, "in_chans": in_chans, "mean": mean, "std": std,
-            "classes": getattr(self.train_data, "classes", None)}
+            "classes": getattr(self.train_data, "classes", None),
+            "pretrained_cfg": self._data_cfg(num_classes, in_chans, mean, std, crop_pct)}
 
         if cfg.grad_checkpointing:
             if not hasattr(self.model, "set_grad_checkpointing"):
@@ -182,6 +186,16 @@ class Trainer:
         self.channels_last = cfg.channels_last and self.gpu
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def _data_cfg(self, num_classes: int, in_chans: int, mean: list[float], std: list[float],
+                  crop_pct: float) -> dict[str, Any]:
+        """The model's ``pretrained_cfg`` as this run trains and evaluates it, for the checkpoint (what
+        :func:`normfree.load` gives back): array data at its own size, ImageFolder data at the crop sizes."""
+        sizes = [(in_chans, *d.x.shape[1:3]) if isinstance(d, ArrayData) else (in_chans, d.size, d.size)
+                 for d in (self.train_data, self.test_data)]
+        return {**(getattr(self.model, "pretrained_cfg", None) or {}), "num_classes": num_classes, "mean": mean, "std": std,
+                "input_size": sizes[0], "test_input_size": sizes[1],
+                "crop_pct": crop_pct if isinstance(self.test_data, FolderData) else 1.0}
 
     def _init_batching(self) -> None:
         """Micro-batch size per rank and the step counts of the schedule."""
@@ -197,6 +211,14 @@ class Trainer:
                             "training images; lower --batch-size")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+
+    def _advise(self) -> None:
+        """Warn once, before any work, about a schedule known to diverge (:mod:`normfree.train.advice`)."""
+        cfg = self.cfg
+        note = small_data_warning(cfg.model, sum(p.numel() for p in self.model.parameters()), len(self.train_data),
+                                  cfg.batch_size, cfg.lr, cfg.warmup_epochs, self.steps_per_epoch, cfg.agc_clip)
+        if note:
+            warnings.warn(note, stacklevel=3)
 
     def _init_optimizer(self) -> None:
         """SGD over the parameter groups, the AGC clipping specs (classifier excluded) and the EMA."""
