@@ -63,21 +63,31 @@ def test_torch_export_whole_model_dynamic_hw(form):
 
 @pytest.mark.parametrize("form", ["train", "deploy"])
 def test_fx_symbolic_trace_matches_eager(form):
+    """The traced training form standardizes its weights with the textbook formula (FX cannot record the
+    fused autograd Function eager mode runs with gradients on): fp32 round-off apart. The deploy form
+    runs the same ops: exact."""
     model = tiny_regnet(stochdepth_rate=0.2).eval()
     model = normfree.deploy(model) if form == "deploy" else model
     gm = torch.fx.symbolic_trace(model)
     x = torch.randn(2, 3, 45, 51)  # odd sizes: SAME padding is computed at run time, not traced in
-    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    out, ref = gm(x), model(x)
+    if form == "deploy":
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    else:
+        assert rel_err(out, ref) < 1e-5
 
 
 def test_fx_trace_in_training_mode_keeps_stochastic_depth_and_gradients():
     model = tiny_regnet(stochdepth_rate=0.5).train()
     gm = torch.fx.symbolic_trace(model)
     x = torch.randn(4, 3, 40, 40)
-    torch.manual_seed(1)
-    ref = model(x)
-    torch.manual_seed(1)
-    out = gm(x)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+    def seeded(fn: nn.Module, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return fn(x)
+
+    ref, out, again, other = seeded(model, 1), seeded(gm, 1), seeded(gm, 1), seeded(gm, 2)
+    assert rel_err(out, ref) < 1e-5 and torch.equal(out, again)  # the traced masks follow the seed
+    assert rel_err(other, out) > 1e-2  # and are random: another seed drops other blocks
     out.sum().backward()
     assert model.stem.conv.weight.grad is not None
