@@ -198,7 +198,7 @@ def _integrations_tracers(ns: dict, out: str, tmp: Path) -> None:
 def _integrations_meta(ns: dict, out: str, tmp: Path) -> None:
     lines = _lines(out)
     gmacs = float(lines[0].split()[0])
-    assert abs(gmacs / 114.8 - 1) < 0.02  # NFNet-F3 at 320 px: 114.8 GFLOPs (multiply-adds) in the paper
+    assert abs(gmacs / 114.8 - 1) < 0.005  # NFNet-F3 at 416 px: 114.8 GFLOPs (multiply-adds) in the paper
     assert lines[1] == "True" and float(lines[2]) == 0.0 and not any(p.is_meta for p in ns["small"].parameters())
 
 

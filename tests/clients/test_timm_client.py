@@ -11,7 +11,14 @@ from normfree.convert.timm import TIMM_MODELS, from_timm, timm_model, to_timm
 from normfree.errors import ModelSpecError
 
 pytestmark = [pytest.mark.timm, pytest.mark.usefixtures("one_thread")]
-timm = pytest.importorskip("timm")
+
+
+@pytest.fixture(scope="module")
+def timm():
+    """Imported here, not at module level: the main venv deselects these tests without importing timm."""
+    import timm
+
+    return timm
 
 # Reduced instances: timm's NfCfg fields as create_model overrides, and ours. The NFNet stems are
 # fixed at 16-32-64-(widths[0]/2) channels, so their first width stays 256.
@@ -29,7 +36,7 @@ TINY = {
 TOL = 1e-5
 
 
-def _timm_pair(name: str):
+def _timm_pair(timm, name: str):
     """(timm's tiny model with gains, biases and skip gains moved off their init, ours from its weights)."""
     theirs, ours = TINY[name]
     torch.manual_seed(0)
@@ -46,8 +53,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_from_timm_to_timm_round_trip(name):
-    ref, model = _timm_pair(name)
+def test_from_timm_to_timm_round_trip(timm, name):
+    ref, model = _timm_pair(timm, name)
     x = torch.randn(2, 3, 45, 51)  # odd sizes: padding and the average-pool shortcut's ragged edge
     with torch.no_grad():
         assert _rel(model(x), ref(x)) < TOL
@@ -58,10 +65,10 @@ def test_from_timm_to_timm_round_trip(name):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_to_timm_carries_skip_gains(name):
+def test_to_timm_carries_skip_gains(timm, name):
     """A trained model's skip gains reach timm: as timm's skipinit_gain (dm_nfnet), folded into the last
     conv where timm's blocks have none, or refused where the branch ends in SE (nfnet_l0)."""
-    ref, model = _timm_pair(name)
+    ref, model = _timm_pair(timm, name)
     with torch.no_grad():
         for b in model.blocks():
             b.skip_gain.fill_(0.7)
@@ -76,7 +83,7 @@ def test_to_timm_carries_skip_gains(name):
 
 
 @pytest.mark.parametrize("name", TIMM_MODELS)
-def test_full_size_timm_models_load_strictly(name):
+def test_full_size_timm_models_load_strictly(timm, name):
     """Every mapped name at full size (on the meta device: shapes only): timm's own state dict loads
     strictly into ours (from_timm refuses any missing, unexpected or mis-shaped tensor)."""
     with torch.device("meta"):
@@ -86,7 +93,7 @@ def test_full_size_timm_models_load_strictly(name):
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters()) + extra
 
 
-def test_refusals_name_the_reason():
+def test_refusals_name_the_reason(timm):
     with torch.device("meta"):
         eca = timm.create_model("eca_nfnet_l0", pretrained=False).state_dict()
     with pytest.raises(ModelSpecError, match="ECA attention"):

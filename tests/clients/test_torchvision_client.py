@@ -10,14 +10,9 @@ import normfree
 
 from .tiny import TINY, live, tiny_regnet
 
+# torchvision is imported where it is used: the main venv deselects these tests (marker `timm`)
+# without importing anything, so nothing reports a skip for a missing package there.
 pytestmark = [pytest.mark.timm, pytest.mark.usefixtures("one_thread")]
-torchvision = pytest.importorskip("torchvision")
-from torchvision.models.detection import FasterRCNN  # noqa: E402
-from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
-from torchvision.models.detection.backbone_utils import BackboneWithFPN  # noqa: E402
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead  # noqa: E402
-from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
-from torchvision.ops import MultiScaleRoIAlign  # noqa: E402
 
 OUT_INDICES = (2, 3, 4)
 FPN = 8  # FPN channels
@@ -28,13 +23,20 @@ def _features() -> torch.nn.Module:
     return live(normfree.create_model("nf_regnet_b0", features_only=True, out_indices=OUT_INDICES, **TINY))
 
 
-def _backbone() -> BackboneWithFPN:
+def _backbone() -> torch.nn.Module:
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
     feats = _features()
     return_layers = {name: str(i) for i, name in enumerate(feats.feature_info.module_name())}
     return BackboneWithFPN(feats, return_layers, feats.feature_info.channels(), FPN)
 
 
-def _detector() -> FasterRCNN:
+def _detector() -> torch.nn.Module:
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
     levels = [str(i) for i in range(len(OUT_INDICES))]
     anchors = AnchorGenerator(sizes=tuple((16 * 2**i,) for i in range(len(levels) + 1)),
                               aspect_ratios=((0.5, 1.0, 2.0),) * (len(levels) + 1))  # + FPN's max-pool level
@@ -68,6 +70,8 @@ def test_backbone_with_fpn_accepts_feature_info_names():
 @pytest.mark.parametrize("form", ["train", "deploy"])
 def test_create_feature_extractor_matches_forward_intermediates(form):
     """torchvision's FX-based extractor, with feature_info's module paths as return nodes."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
     model = tiny_regnet().eval()
     model = normfree.deploy(model) if form == "deploy" else model
     nodes = {info["module"]: str(i) for i, info in enumerate(model.feature_info)}
