@@ -31,6 +31,7 @@ def tiny_regnet(**kw) -> nn.Module:
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out − ref‖ / ‖ref‖, refusing an all-zero reference (the error would be NaN or meaningless)."""
+    out, ref = out.detach(), ref.detach()
     scale = ref.norm()
     assert scale > 0, "the reference output is all zeros: the comparison would be vacuous"
     return float((out - ref).norm() / scale)
