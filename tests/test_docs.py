@@ -1,5 +1,6 @@
 """Every ```python block in README.md and docs/*.md runs, and what it prints or produces is checked.
 
+Blocks that import timm or torchvision are marked ``timm`` (they run in the timm venv, ``make test-timm``).
 Blocks fenced as ```python fragment are excerpts that need the reader's own objects or files (a data
 loader, downloaded weights) and are only compiled. Every other block needs an entry in CHECKS (keyed by
 a line of its code), which asserts on its namespace, its printed output and the files it wrote. Blocks
@@ -175,7 +176,48 @@ def _speedrun_init(ns: dict, out: str, tmp: Path) -> None:
     assert variances and all(abs(v - 1) < 0.05 for v in variances)  # "1.0 at every GELU input"
 
 
+def _integrations_timm(ns: dict, out: str, tmp: Path) -> None:
+    assert float(out) < 1e-5  # "the same function" (fp32)
+    assert set(ns["to_timm"](ns["model"], "nf_resnet26")) == set(ns["ref"].state_dict())
+
+
+def _integrations_torchvision(ns: dict, out: str, tmp: Path) -> None:
+    lines = _lines(out)
+    assert lines[0] == "['boxes', 'labels', 'scores']"
+    assert all(torch.isfinite(v) for v in ns["losses"].values()) and len(ns["losses"]) == 4
+    shapes = ast.literal_eval(lines[1])
+    assert list(shapes) == [i["module"] for i in ns["net"].feature_info]
+    assert [s[1] for s in shapes.values()] == [i["num_chs"] for i in ns["net"].feature_info]
+
+
+def _integrations_onnx(ns: dict, out: str, tmp: Path) -> None:
+    assert float(out) < 1e-5 and (tmp / "nf_regnet.onnx").stat().st_size > 10_000
+    with torch.no_grad():
+        assert ns["model"](ns["x"]).abs().max() > 0  # a live classifier: the comparison is not 0 vs 0
+
+
+def _integrations_tracers(ns: dict, out: str, tmp: Path) -> None:
+    assert out.split() == ["True", "True"]
+
+
+def _integrations_meta(ns: dict, out: str, tmp: Path) -> None:
+    lines = _lines(out)
+    gmacs = float(lines[0].split()[0])
+    assert abs(gmacs / 114.8 - 1) < 0.005  # NFNet-F3 at 416 px: 114.8 GFLOPs (multiply-adds) in the paper
+    assert lines[1] == "True" and float(lines[2]) == 0.0 and not any(p.is_meta for p in ns["small"].parameters())
+
+
+def _integrations_opacus(ns: dict, out: str, tmp: Path) -> None:
+    assert float(out.split()[-1]) > 0 and ns["privacy"].accountant.history
+
+
 CHECKS: dict[str, Callable[[dict, str, Path], None]] = {
+    'ref.load_state_dict(to_timm(model, "nf_resnet26"))': _integrations_timm,
+    "backbone = BackboneWithFPN(feats, return_layers": _integrations_torchvision,
+    "from onnxruntime import InferenceSession": _integrations_onnx,
+    "program = torch.export.export(model": _integrations_tracers,
+    'big = normfree.create_model("nfnet_f3")': _integrations_meta,
+    "privacy = PrivacyEngine()": _integrations_opacus,
     "report = autoinit(model)": _baselines_init,
     'backbone = normfree.create_model("nf_regnet_b0", features_only=True': _models_features_only,
     "engine = PrivacyEngine()": _privacy_opacus,
@@ -215,19 +257,24 @@ def _key(code: str) -> str | None:
     return keys[0] if len(keys) == 1 else None
 
 
+TIMM_IMPORT = re.compile(r"^(import|from) (timm|torchvision)\b", re.M)
+"""Examples that import timm or torchvision run in the timm venv (marked ``timm``, as tests/clients)."""
+
+
 def _blocks() -> list:
     out = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for i, m in enumerate(FENCE.finditer(path.read_text())):
             where, code, fragment = f"{path.name}#{i}", m.group(2), bool(m.group(1))
             key = _key(code)
+            marks = [pytest.mark.timm] if TIMM_IMPORT.search(code) and not fragment else []
             if key in SHRINK:
                 out.append(pytest.param(where, code, fragment, True, id=where,
-                                        marks=[pytest.mark.slow] if key in SLOW else []))
+                                        marks=marks + ([pytest.mark.slow] if key in SLOW else [])))
                 out.append(pytest.param(where, code, fragment, False, id=f"{where}-as-written",
-                                        marks=pytest.mark.slow))
+                                        marks=[*marks, pytest.mark.slow]))
             else:
-                out.append(pytest.param(where, code, fragment, False, id=where))
+                out.append(pytest.param(where, code, fragment, False, id=where, marks=marks))
     return out
 
 

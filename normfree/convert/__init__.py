@@ -1,5 +1,5 @@
-"""Checkpoint converters: official DeepMind (Haiku) and timm weights into normfree models."""
+"""Checkpoint converters: official DeepMind (Haiku) and timm weights into normfree models, and back to timm."""
 from .deepmind import from_deepmind
-from .timm import TIMM_MODELS, from_timm
+from .timm import TIMM_MODELS, from_timm, to_timm
 
-__all__ = ["from_deepmind", "from_timm", "TIMM_MODELS"]
+__all__ = ["from_deepmind", "from_timm", "to_timm", "TIMM_MODELS"]

@@ -1,0 +1,76 @@
+"""The meta device: build without memory, materialize with to_empty, initialize with init_weights or
+every module's reset_parameters; forward/backward and FlopCounterMode on meta tensors."""
+from __future__ import annotations
+
+import torch
+
+import normfree
+
+from .tiny import TINY
+
+
+def test_meta_build_to_empty_init_weights_matches_a_fresh_model():
+    torch.manual_seed(0)
+    fresh = normfree.create_model("nf_regnet_b0", **TINY)
+    meta = normfree.create_model("nf_regnet_b0", device="meta", **TINY)
+    assert all(p.is_meta for p in meta.parameters())
+    torch.manual_seed(0)
+    meta.to_empty(device="cpu").init_weights()
+    for (k, v), (_, ref) in zip(meta.state_dict().items(), fresh.state_dict().items()):
+        torch.testing.assert_close(v, ref, rtol=0, atol=0, msg=k)
+
+
+def test_meta_forward_backward_and_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = normfree.create_model("nf_regnet_b0", device="meta", **TINY)
+    x = torch.randn(2, 3, 64, 64, device="meta")
+    meta(x).sum().backward()
+    assert meta.stem.conv.weight.grad.is_meta
+    with FlopCounterMode(display=False) as counter:
+        meta(x)
+    cpu = normfree.create_model("nf_regnet_b0", **TINY)
+    with FlopCounterMode(display=False) as ref:
+        cpu(torch.randn(2, 3, 64, 64))
+    assert counter.get_total_flops() == ref.get_total_flops() > 0
+
+
+def test_meta_build_to_empty_reset_parameters_on_every_module_matches_fresh_statistics():
+    """The generic recipe (FSDP, accelerate): to_empty, then every module's reset_parameters. Each
+    tensor comes back finite, constants (gains, biases, skip gains) exactly, random weights with the
+    fresh model's mean and std (within 4 standard errors of a sample of that size; the small SE biases
+    pooled). The classifier is a plain ``nn.Linear``, so this recipe gives it nn.Linear's default
+    init instead of the family's (zeros for NF-RegNet): ``init_weights()`` is the exact route."""
+    torch.manual_seed(0)
+    fresh = normfree.create_model("nf_regnet_b0", **TINY).state_dict()
+    with torch.device("meta"):
+        meta = normfree.create_model("nf_regnet_b0", **TINY)
+    meta.to_empty(device="cpu")
+    torch.manual_seed(1)  # other draws than the fresh model's: only the distribution must match
+    for module in meta.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    small: tuple[list, list] = ([], [])
+    assert not fresh["fc.weight"].any() and meta.fc.weight.any()  # zeros vs nn.Linear's own init
+    for k, v in meta.state_dict().items():
+        if k.startswith("fc."):
+            continue
+        ref = fresh[k]
+        assert torch.isfinite(v).all(), k
+        if torch.all(ref == ref.flatten()[0]):
+            torch.testing.assert_close(v, ref, rtol=0, atol=0, msg=k)
+        elif ref.numel() < 32:
+            small[0].append(v.flatten())
+            small[1].append(ref.flatten())
+        else:
+            _same_distribution(v, ref, k)
+    assert small[0]
+    _same_distribution(torch.cat(small[0]), torch.cat(small[1]), "small tensors")
+    meta.init_weights()
+    torch.testing.assert_close(meta.fc.weight, fresh["fc.weight"], rtol=0, atol=0)
+
+
+def _same_distribution(v: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    n = ref.numel()
+    assert abs(v.mean().item() - ref.mean().item()) < 4 * ref.std().item() / n**0.5, what
+    assert abs(v.std().item() / ref.std().item() - 1) < 4 / (2 * n) ** 0.5, what
