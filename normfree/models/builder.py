@@ -95,6 +95,7 @@ class NetOptions:
     dtype: torch.dtype | None = None
 
     def layer_factory(self) -> LayerFactory:
+        """The conv/activation/norm recipe these options describe."""
         return LayerFactory(act=self.activation, norm=self.norm, std_conv=self.std_conv, ws=self.ws,
                             padding=self.padding, norm_order=self.norm_order,
                             norm_kwargs=dict(self.norm_kwargs or {}), fixup=self.fixup,
@@ -149,8 +150,9 @@ class Family:
     """One architecture family: its stem, block and final conv, and how its options differ.
 
     ``first_stride`` is the stride of the first stage (the others have 2); ``num_stages`` the stage
-    count its stem and head assume (None: any); ``data`` the :func:`pretrained_cfg` keywords (eval
-    policy, interpolation, mean/std); ``extra_init`` runs after the layers' own initialization.
+    count the family is defined with (None: any); ``data`` the :func:`pretrained_cfg` keywords (eval
+    policy, interpolation, mean/std); ``defaults`` the :class:`NetOptions` it sets differently;
+    ``rejects`` the options that make no sense for it, with the reason its error states.
     """
 
     label: str
