@@ -101,10 +101,7 @@ SMALL_WIDTHS = (16, 32, 64)
 
 def _stage_depths(depth: int | Sequence[int], small_input: bool) -> tuple[int, ...]:
     if not isinstance(depth, int):
-        depths = tuple(int(d) for d in depth)
-        if len(depths) != (3 if small_input else 4) or min(depths) < 1:
-            raise ModelSpecError(f"expected {3 if small_input else 4} positive stage depths, got {depth}")
-        return depths
+        return tuple(int(d) for d in depth)  # build_network checks the stage count
     if small_input:
         if depth < 8 or (depth - 2) % 6:
             raise ModelSpecError(f"small-input ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth}")
