@@ -118,8 +118,6 @@ def test_options_that_would_do_nothing_are_rejected():
         nf_regnet("B0", use_se=False, se_ratio=0.5, device="meta")
     with pytest.raises(ModelOptionError, match="ws: plain convs"):
         nfnet("F0", std_conv=False, ws="timm", device="meta")
-    with pytest.raises(ModelOptionError, match="gamma_in_act: γ is in the activations anyway"):
-        nfnet("F0", gamma_in_act=True, device="meta")
     for opt in ("alpha", "skipinit_gain"):  # the builder itself, not only the registered bn_* names
         with pytest.raises(ModelOptionError, match=f"{opt}: a normalized network has no"):
             resnet(26, norm="bn", device="meta", **{opt: 0.5})

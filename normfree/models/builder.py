@@ -181,8 +181,6 @@ class Family:
             rejected["se_ratio"] = "no squeeze-excite without use_se=True"
         if options.get("ws", "official") != "official" and not opts.std_conv:
             rejected["ws"] = "plain convs (std_conv=False) have no weight standardization"
-        if options.get("gamma_in_act") and opts.ws != "timm":
-            rejected["gamma_in_act"] = "γ is in the activations anyway unless ws='timm'"
         if rejected:
             raise ModelOptionError(f"{self.label}: unsupported option(s) "
                                    + "; ".join(f"{k}: {why}" for k, why in rejected.items()))
