@@ -25,10 +25,11 @@ class ModelEntry:
     family: str = ""
     description: str = ""
     unsupported: dict[str, str] = field(default_factory=dict)  # builder options this name rejects: why
+    accepts: tuple[str, ...] = ()  # the builder's options; empty: its signature's parameters
 
     def options(self) -> list[str]:
         """Keyword arguments a user may pass to :func:`create_model` for this name."""
-        params = inspect.signature(self.builder).parameters
+        params = self.accepts or tuple(inspect.signature(self.builder).parameters)
         return [p for p in params if p not in self.fixed and p not in self.unsupported]
 
     def build(self, **kwargs: Any) -> nn.Module:
@@ -64,16 +65,18 @@ NAME_PREFIX_ALIASES = {"dm_nfnet_": "nfnet_"}
 
 def register_model(name: str, builder: Callable[..., nn.Module], *, fixed: dict[str, Any] | None = None,
                    defaults: dict[str, Any] | None = None, family: str = "", description: str = "",
-                   unsupported: dict[str, str] | None = None) -> ModelEntry:
+                   unsupported: dict[str, str] | None = None,
+                   options: Sequence[str] | None = None) -> ModelEntry:
     """Register ``name`` so that ``create_model(name, **kw)`` calls ``builder(**fixed, **defaults, **kw)``.
 
     ``unsupported`` maps builder options that make no sense for this name to the reason, which the
-    ``ModelOptionError`` for such an option states.
+    ``ModelOptionError`` for such an option states. ``options`` lists the builder's keyword options
+    when its signature does not (a builder taking ``**options``, as the families do).
     """
     if name in _REGISTRY:
         raise ModelSpecError(f"model {name!r} is already registered")
     entry = ModelEntry(name, builder, dict(fixed or {}), dict(defaults or {}), family, description,
-                       dict(unsupported or {}))
+                       dict(unsupported or {}), tuple(options or ()))
     _REGISTRY[name] = entry
     return entry
 

@@ -9,16 +9,15 @@ classifier. Variant widths/depths/resolutions/dropout are the official ``base.nf
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any
 
-import torch
+from torch import nn
 
-from ..errors import ModelSpecError
-from ..layers import LayerFactory
-from ..layers.conv import Padding
-from .blocks import ConvSpec, ResidualBlock, ShortcutKind, build_stages
+from .blocks import ConvSpec
+from .builder import BASELINE_ONLY, OPTION_NAMES, Family, NetConfig, Recipe, build_network
+from .builder import make_divisible as make_divisible
 from .net import ResidualNetwork, named_seq
-from .variants import Variant, lookup, variant_model
+from .variants import Variant, lookup
 
 NF_REGNET_VARIANTS: dict[str, Variant] = {
     "B0": Variant((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2),
@@ -34,88 +33,59 @@ NF_REGNET_VARIANTS: dict[str, Variant] = {
 """Official ``base.nf_regnet_params``: stage widths (before ×0.75), depths, train/test px, dropout."""
 
 
-def make_divisible(value: float, divisor: int, round_limit: float = 0.9) -> int:
-    """timm's channel rounding: nearest multiple of ``divisor``, bumped up if it loses >10 %."""
-    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return new + divisor if new < round_limit * value else new
+
+def _stem(r: Recipe) -> tuple[nn.Module, int]:
+    """One 3×3/2 conv to the first stage's width, no activation, no pool."""
+    ch = r.widths[0]
+    return named_seq(conv=r.layers.conv(r.options.in_chans, ch, 3, 2)), ch
 
 
-def grouped_width(channels: float, group_width: int) -> tuple[int, int]:
-    """(width, groups): ``int(channels)`` rounded down to a multiple of the group width, as officially."""
-    groups = int(channels) // group_width
-    if groups < 1:
-        raise ModelSpecError(f"a grouped conv needs at least {group_width} channels (group width "
-                         f"{group_width}), got {int(channels)}; use a larger width or smaller group width")
-    return group_width * groups, groups
+def _block(r: Recipe, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
+    """1×1 expand (from the input channels; none in the very first block, as EfficientNet) → 3×3 grouped
+    (stride) → 1×1 project; SE after the 3×3."""
+    expand = 1.0 if s == 0 and b == 0 else r.options.expansion
+    mid, groups = r.grouped(r.channels(in_ch * expand))
+    return [ConvSpec(mid, 1), ConvSpec(mid, 3, stride, groups), ConvSpec(r.widths[s], 1)], 1
 
 
-def nf_regnet(variant: str = "B0", *, num_classes: int = 1000, width: float = 0.75,
-              widths: Sequence[int] | None = None, depths: Sequence[int] | None = None,
-              expansion: float = 2.25, group_width: int = 8, se_ratio: float = 0.5,
-              alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float | None = None,
-              activation: str = "silu", fc_init_std: float = 0.0, padding: Padding = "same",
-              ws: Literal["official", "timm"] = "official", shortcut: ShortcutKind = "avgpool_conv",
-              stochdepth_scale: bool = False, channel_divisor: int | None = None,
-              std_conv: bool = True,
-              skipinit_gain: float = 0.0, in_chans: int = 3, device: torch.device | str | None = None,
-              dtype: torch.dtype | None = None) -> ResidualNetwork:
-    """Build an NF-RegNet with the official structure.
+def _final_width(r: Recipe) -> int:
+    """1280·C/440 for a last stage of C channels: truncated after the multiplier as officially, or
+    rounded from the unscaled width like timm when ``channel_divisor`` is set."""
+    if r.options.channel_divisor is None:
+        return int(1280 * r.widths[-1] // 440)
+    return r.channels(r.options.width * (1280 * r.variant.widths[-1] // 440))
 
-    Args:
-        variant: "B0" … "B8" (official table); ``widths``/``depths`` override its stage widths (before
-            the multiplier) and depths, e.g. for tiny test instances.
-        width: channel multiplier applied without rounding (0.75 officially).
-        expansion / group_width / se_ratio: inverted-bottleneck ratio (from input channels), channels
-            per group of the 3×3 conv, SE hidden ratio of the expanded width.
-        stochdepth_rate: rate·i/N schedule (0.1 officially, constructor and experiment alike).
-        drop_rate: classifier dropout; None takes the variant's value.
-        fc_init_std: 0 gives the official zero-initialized classifier.
-        padding / ws / shortcut / stochdepth_scale: official by default; alternatives for other ports.
-        channel_divisor: None truncates channels as officially; 8 rounds them like timm
-            (``make_divisible``: B0 stem 40 instead of 36, SE hidden and final conv rounded too).
-        skipinit_gain: initial value of each block's scalar branch gain (0 officially).
-        std_conv: Scaled WS (True) or plain He-initialized convs, to study the mean shift as for
-            the NF-ResNets.
-        device / dtype: where and in which dtype the parameters are created (``"meta"`` works).
+
+NF_REGNET = Family(
+    "NF-RegNet", _stem, _block, _final_width, first_stride=2, data={"policy": "crop_resize"},
+    defaults={"width": 0.75, "expansion": 2.25, "group_width": 8, "use_se": True, "se_ratio": 0.5,
+              "activation": "silu", "fc_init_std": 0.0, "shortcut": "avgpool_conv"},
+    rejects={**BASELINE_ONLY, "final_conv_mult": "the NF-RegNet's final conv is 1280·C/440 wide, officially",
+             "use_two_convs": "only the NFNet block has a second grouped 3×3 (conv1b)"})
+"""NF-RegNet: stride-2 stages, inverted bottlenecks with grouped 3×3 and SE, final conv, SiLU,
+zero-initialized classifier, ×0.75 widths; evaluated with the official crop-then-resize."""
+
+
+def nf_regnet(variant: str = "B0", **options: Any) -> ResidualNetwork:
+    """Build an NF-RegNet with the official structure: ``build_network(NetConfig(NF_REGNET, row),
+    **options)`` for the row ``variant`` ("B0" … "B8") of :data:`NF_REGNET_VARIANTS`.
+
+    ``options`` are :class:`~normfree.models.builder.NetOptions`; NF-RegNet defaults: width 0.75
+    (applied without rounding), expansion 2.25 of the block's input channels, group width 8, SE 0.5
+    of the expanded width, SiLU, stochastic depth 0.1, average-pool + 1×1 transition shortcut,
+    zero classifier, the variant's dropout. ``channel_divisor=8`` rounds channels like timm (B0 stem
+    40 instead of 36). ``widths``/``depths`` replace the row's, e.g. for tiny test instances.
     """
-    v = lookup(NF_REGNET_VARIANTS, variant, "NF-RegNet")
-    v = Variant(tuple(widths or v.widths), tuple(depths or v.depths), v.train_size, v.test_size,
-                v.drop_rate if drop_rate is None else drop_rate)
-    if len(v.widths) != len(v.depths):
-        raise ModelSpecError(f"widths {v.widths} and depths {v.depths} must have the same length")
-    layers = LayerFactory(act=activation, std_conv=std_conv, ws=ws, padding=padding, device=device, dtype=dtype)
-    div = channel_divisor
-
-    def rnd(value: float, round_limit: float = 0.9) -> int:
-        return int(value) if div is None else make_divisible(value, div, round_limit)
-
-    stage_out = [rnd(w * width) for w in v.widths]
-    stem_ch = stage_out[0]
-    stem = named_seq(conv=layers.conv(in_chans, stem_ch, 3, 2))
-
-    def block_fn(in_ch: int, s: int, b: int, beta: float, rate: float) -> ResidualBlock:
-        expand = 1.0 if s == 0 and b == 0 else expansion  # EfficientNet: no expansion in block 0
-        mid, groups = grouped_width(rnd(in_ch * expand), group_width)
-        convs = [ConvSpec(mid, 1), ConvSpec(mid, 3, 2 if b == 0 else 1, groups),
-                 ConvSpec(stage_out[s], 1)]
-        return ResidualBlock(in_ch, convs, layers, beta=beta, alpha=alpha,
-                             se_hidden=max(1, rnd(mid * se_ratio, 0.0)), se_after=1,
-                             shortcut=shortcut, drop_path_rate=rate, drop_path_scale=stochdepth_scale,
-                             skipinit_gain=skipinit_gain)
-
-    stages, expected = build_stages(stem_ch, v.depths, block_fn, alpha, stochdepth_rate)
-    final_ch = (int(1280 * stage_out[-1] // 440) if div is None  # timm scales 1280·w/440 after
-                else rnd(width * (1280 * v.widths[-1] // 440)))
-    return variant_model(stem, stages, expected, layers, stage_out[-1], final_ch, v, num_classes,
-                         fc_init_std, "crop_resize")
+    return build_network(NetConfig(NF_REGNET, lookup(NF_REGNET_VARIANTS, variant, "NF-RegNet")), **options)
 
 
 def _register() -> None:
     from ..registry import register_model
 
     for key in NF_REGNET_VARIANTS:
-        register_model(f"nf_regnet_{key.lower()}", nf_regnet, fixed={"variant": key},
-                       family="nf_regnet", description=f"NF-RegNet-{key}, official DeepMind structure")
+        register_model(f"nf_regnet_{key.lower()}", nf_regnet, fixed={"variant": key}, family="nf_regnet",
+                       options=("variant", *OPTION_NAMES), unsupported=dict(NF_REGNET.rejects),
+                       description=f"NF-RegNet-{key}, official DeepMind structure")
 
 
 _register()

@@ -8,13 +8,9 @@ code need not look them up again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
-from torch import nn
-
-from ..layers import LayerFactory
 from ..errors import ModelSpecError
-from .net import ResidualNetwork, named_seq
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,18 +63,7 @@ def pretrained_cfg(num_classes: int, train_size: int, test_size: int, *,
     }
 
 
-def variant_model(stem: nn.Module, stages: nn.Sequential, expected: list[float], layers: LayerFactory,
-                  in_ch: int, final_ch: int, variant: Variant, num_classes: int, fc_init_std: float,
-                  policy: EvalPolicy) -> ResidualNetwork:
-    """The NF-RegNet/NFNet head (1×1 final conv → activation → pool → dropout → classifier) on the
-    given stem and stages, with the variant's resolutions and eval policy in ``pretrained_cfg``."""
-    final = named_seq(conv=layers.conv(in_ch, final_ch, 1), act=layers.act_layer(final_ch))
-    cfg = pretrained_cfg(num_classes, variant.train_size, variant.test_size, policy=policy)
-    return ResidualNetwork(stem, stages, final, final_ch, num_classes, variant.drop_rate, fc_init_std,
-                           expected, cfg, **layers.factory_kwargs)
-
-
-def lookup(table: dict[str, Variant], variant: str, family: str) -> Variant:
+def lookup(table: Mapping[str, Variant], variant: str, family: str) -> Variant:
     """``table[variant]`` with an error that lists the valid names."""
     key = variant.upper()
     if key not in table:
