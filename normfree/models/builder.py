@@ -117,7 +117,7 @@ BASELINE_ONLY: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Blueprint:
     """What a family's stem/block/final functions see: the resolved variant row and options, the
     layer factory, and the stage widths after the multiplier and rounding."""
 
@@ -137,12 +137,12 @@ class Recipe:
         return (channels, 1) if gw is None else grouped_width(channels, gw)
 
 
-StemFn = Callable[[Recipe], tuple[nn.Module, int]]
-"""Recipe → (stem module, its output channels)."""
-BlockConvsFn = Callable[[Recipe, int, int, int, int], tuple[list[ConvSpec], int]]
+StemFn = Callable[[Blueprint], tuple[nn.Module, int]]
+"""Blueprint → (stem module, its output channels)."""
+BlockConvsFn = Callable[[Blueprint, int, int, int, int], tuple[list[ConvSpec], int]]
 """(recipe, in_ch, stage, index in stage, stride) → (the branch's convs, index of the conv SE follows)."""
-FinalWidthFn = Callable[[Recipe], "int | None"]
-"""Recipe → channels of the final 1×1 conv before the pool (None: no final conv, only the activation)."""
+FinalWidthFn = Callable[[Blueprint], "int | None"]
+"""Blueprint → channels of the final 1×1 conv before the pool (None: no final conv, only the activation)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def build_network(config: NetConfig, **options: Any) -> ResidualNetwork:
                            extra_init=fixup_init if opts.fixup else None, **recipe.layers.factory_kwargs)
 
 
-def _recipe(config: NetConfig, opts: NetOptions) -> Recipe:
+def _recipe(config: NetConfig, opts: NetOptions) -> Blueprint:
     """Apply the ``widths``/``depths``/``drop_rate`` overrides and the width multiplier."""
     row, family = config.variant, config.family
     v = Variant(tuple(int(w) for w in opts.widths or row.widths), tuple(int(d) for d in opts.depths or row.depths),
@@ -230,11 +230,11 @@ def _recipe(config: NetConfig, opts: NetOptions) -> Recipe:
                              f"depths {v.depths}")
     if opts.width <= 0:
         raise ModelSpecError(f"width must be positive, got {opts.width}")
-    partial = Recipe(v, opts, opts.layer_factory(), ())
+    partial = Blueprint(v, opts, opts.layer_factory(), ())
     return dataclasses.replace(partial, widths=tuple(partial.channels(w * opts.width) for w in v.widths))
 
 
-def _block_fn(family: Family, r: Recipe) -> Callable[[int, int, int, float, float], ResidualBlock]:
+def _block_fn(family: Family, r: Blueprint) -> Callable[[int, int, int, float, float], ResidualBlock]:
     opts = r.options
 
     def block(in_ch: int, s: int, b: int, beta: float, rate: float) -> ResidualBlock:
@@ -249,7 +249,7 @@ def _block_fn(family: Family, r: Recipe) -> Callable[[int, int, int, float, floa
     return block
 
 
-def _final(family: Family, r: Recipe) -> tuple[nn.Module, int]:
+def _final(family: Family, r: Blueprint) -> tuple[nn.Module, int]:
     """The layers between the last stage and the pool, and their output channels."""
     last = r.widths[-1]
     width = family.final_width(r)

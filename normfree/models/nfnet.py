@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from .blocks import ConvSpec
-from .builder import BASELINE_ONLY, OPTION_NAMES, Family, NetConfig, Recipe, build_network
+from .builder import BASELINE_ONLY, OPTION_NAMES, Family, NetConfig, Blueprint, build_network
 from .net import ResidualNetwork, named_seq
 from .variants import Variant, lookup
 
@@ -35,7 +35,7 @@ NFNET_VARIANTS: dict[str, Variant] = {
 """Official ``base.nfnet_params``: widths, depths, train/test px, dropout; F+ = same with wider stages."""
 
 
-def _stem(r: Recipe) -> tuple[nn.Module, int]:
+def _stem(r: Blueprint) -> tuple[nn.Module, int]:
     """3×3 convs with 16, 32, 64 and widths[0]/2 channels (of the row, before the multiplier), strides
     2, 1, 1, 2, activations between them."""
     layers, ch = r.layers, r.variant.widths[0] // 2
@@ -46,7 +46,7 @@ def _stem(r: Recipe) -> tuple[nn.Module, int]:
     return stem, ch
 
 
-def _block(r: Recipe, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
+def _block(r: Blueprint, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
     """1×1 → 3×3 grouped (stride) → [3×3 grouped ``conv1b``] → 1×1, width ``expansion``·out rounded
     down to the group width; SE after the last conv."""
     out = r.widths[s]
@@ -57,7 +57,7 @@ def _block(r: Recipe, in_ch: int, s: int, b: int, stride: int) -> tuple[list[Con
     return [*convs, ConvSpec(out, 1, name="conv2")], -1
 
 
-def _final_width(r: Recipe) -> int:
+def _final_width(r: Blueprint) -> int:
     return r.channels(r.options.final_conv_mult * r.widths[-1])
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from .blocks import ConvSpec
-from .builder import BASELINE_ONLY, OPTION_NAMES, Family, NetConfig, Recipe, build_network
+from .builder import BASELINE_ONLY, OPTION_NAMES, Family, NetConfig, Blueprint, build_network
 from .builder import make_divisible as make_divisible
 from .net import ResidualNetwork, named_seq
 from .variants import Variant, lookup
@@ -34,13 +34,13 @@ NF_REGNET_VARIANTS: dict[str, Variant] = {
 
 
 
-def _stem(r: Recipe) -> tuple[nn.Module, int]:
+def _stem(r: Blueprint) -> tuple[nn.Module, int]:
     """One 3×3/2 conv to the first stage's width, no activation, no pool."""
     ch = r.widths[0]
     return named_seq(conv=r.layers.conv(r.options.in_chans, ch, 3, 2)), ch
 
 
-def _block(r: Recipe, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
+def _block(r: Blueprint, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
     """1×1 expand (from the input channels; none in the very first block, as EfficientNet) → 3×3 grouped
     (stride) → 1×1 project; SE after the 3×3."""
     expand = 1.0 if s == 0 and b == 0 else r.options.expansion
@@ -48,7 +48,7 @@ def _block(r: Recipe, in_ch: int, s: int, b: int, stride: int) -> tuple[list[Con
     return [ConvSpec(mid, 1), ConvSpec(mid, 3, stride, groups), ConvSpec(r.widths[s], 1)], 1
 
 
-def _final_width(r: Recipe) -> int:
+def _final_width(r: Blueprint) -> int:
     """1280·C/440 for a last stage of C channels: truncated after the multiplier as officially, or
     rounded from the unscaled width like timm when ``channel_divisor`` is set."""
     if r.options.channel_divisor is None:

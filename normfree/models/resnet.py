@@ -25,7 +25,7 @@ from ..layers import MaxPoolSame
 from ..layers.norms import input_batch_norm
 from .baselines import BASE_DEFAULTS, BASELINES, Baseline
 from .blocks import ConvSpec
-from .builder import NF_ONLY, OPTION_NAMES, Family, NetConfig, Recipe, build_network
+from .builder import NF_ONLY, OPTION_NAMES, Family, NetConfig, Blueprint, build_network
 from .net import ResidualNetwork, named_seq
 from .variants import CIFAR10_MEAN, CIFAR10_STD, Variant
 
@@ -36,7 +36,7 @@ IMAGENET_DEPTHS: dict[int, tuple[int, int, int, int]] = {
 """Blocks per stage of the ImageNet NF-ResNets (26 as timm; 50–600 as the official ``variant_dict``)."""
 
 
-def _stem(r: Recipe, kernel: int, stride: int, channels: int, pool: bool) -> tuple[nn.Module, int]:
+def _stem(r: Blueprint, kernel: int, stride: int, channels: int, pool: bool) -> tuple[nn.Module, int]:
     """[input BN] → conv [→ Fixup's bias → act] [→ 3×3/2 max-pool]."""
     layers, opts = r.layers, r.options
     first = {}
@@ -52,30 +52,30 @@ def _stem(r: Recipe, kernel: int, stride: int, channels: int, pool: bool) -> tup
     return stem, channels
 
 
-def _imagenet_stem(r: Recipe) -> tuple[nn.Module, int]:
+def _imagenet_stem(r: Blueprint) -> tuple[nn.Module, int]:
     """7×7/2 conv with 16·width channels, then a 3×3/2 max-pool."""
     return _stem(r, 7, 2, r.channels(16 * r.options.width), pool=True)
 
 
-def _small_stem(r: Recipe) -> tuple[nn.Module, int]:
+def _small_stem(r: Blueprint) -> tuple[nn.Module, int]:
     """3×3 conv with 16 channels, no pool (32×32 inputs)."""
     return _stem(r, 3, 1, 16, pool=False)
 
 
-def _bottleneck(r: Recipe, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
+def _bottleneck(r: Blueprint, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
     """1×1 → 3×3 (stride) → 1×1, bottleneck width ``expansion``·out; SE after the last conv."""
     out = r.widths[s]
     mid, groups = r.grouped(r.channels(out * r.options.expansion))
     return [ConvSpec(mid, 1), ConvSpec(mid, 3, stride, groups), ConvSpec(out, 1)], -1
 
 
-def _basic(r: Recipe, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
+def _basic(r: Blueprint, in_ch: int, s: int, b: int, stride: int) -> tuple[list[ConvSpec], int]:
     """Two 3×3 convs (the first strided); SE after the last."""
     out = r.widths[s]
     return [ConvSpec(out, 3, stride), ConvSpec(out, 3)], -1
 
 
-def _no_final_conv(r: Recipe) -> None:
+def _no_final_conv(r: Blueprint) -> None:
     """The last stage feeds the final activation and the pool directly."""
     return None
 
