@@ -30,7 +30,7 @@ demo: $(BIN)/normfree
 test: lint test-main test-timm
 
 test-main: $(BIN)/normfree
-	$(BIN)/python -m pytest -q -rs -m "not slow and not timm"
+	$(BIN)/python -m pytest -q -rs --durations=15 -m "not slow and not timm"
 
 test-timm: $(TIMM_BIN)/normfree
 	$(TIMM_BIN)/python -m pytest -q -rs -m "timm and not slow"

@@ -275,10 +275,10 @@ def test_compare_options_reach_compare(monkeypatch, capsys):
         main(["compare", "nf_cifar_resnet20", "bn_cifar_resnet20", "--data", "synthetic", "--out-dir", "o",
               "-b", "16", "4", "--epochs", "3", "--lr", "0.2", "--lr-batch", "64", "--train-subset", "100",
               "--test-subset", "50", "--weight-decay", "1e-3", "--warmup-epochs", "0.5", "--eval-batch-size", "32",
-              "--spp-batch-size", "8", "--spp-skipinit-gain", "1", "--seed", "2", "--device", "cpu"])
+              "--spp-batch-size", "8", "--spp-skipinit-gain", "1", "--seed", "2", "5", "--device", "cpu"])
     assert seen["args"] == (["nf_cifar_resnet20", "bn_cifar_resnet20"], "synthetic", "o")
     assert seen["kwargs"] == dict(batch_sizes=[16, 4], epochs=3, lr=0.2, lr_batch=64, train_subset=100,
-                                  test_subset=50, spp_batch=8, spp_skipinit_gain=1.0, seed=2, device="cpu",
+                                  test_subset=50, spp_batch=8, spp_skipinit_gain=1.0, seed=[2, 5], device="cpu",
                                   weight_decay=1e-3, warmup_epochs=0.5, eval_batch_size=32)
 
 

@@ -294,9 +294,11 @@ def test_real_image_like_inputs_get_no_scaled_ws_advice(tmp_path):
     rng = np.random.default_rng(0)
     coarse = rng.integers(0, 256, (16, 4, 4, 3)).astype(np.float32)
     x = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2).astype(np.uint8)  # 32x32 blocks of colour
-    np.savez(tmp_path / "test.npz", x=x, y=np.zeros(16, np.int64))
-    (r,) = measure(["nf_cifar_resnet20:width=0.25"], batch=16, data=str(tmp_path / "test.npz"))
-    assert r.inputs == "images from test.npz" and r.std_conv and r.stem_var < 0.5
+    (tmp_path / "imgs").mkdir()
+    for split in ("train", "test"):
+        np.savez(tmp_path / "imgs" / f"{split}.npz", x=x, y=np.zeros(16, np.int64))
+    (r,) = measure(["nf_cifar_resnet20:width=0.25"], batch=16, data=f"npz:{tmp_path / 'imgs'}")
+    assert r.inputs == "images from npz:imgs" and r.std_conv and r.stem_var < 0.5
     text = diagnose(r)
     assert "Residual-branch variance far from 1" in text and "already uses Scaled WS" in text
     assert "Scaled WS with" not in text and "std_conv=True" not in text
