@@ -138,19 +138,23 @@ def _fmt(values: list[float]) -> str:
 
 
 def table(rows: list[dict[str, Any]], name: str) -> str:
-    """One line per cell: its recipe, each seed's top-1, the mean, and the mean with flip TTA."""
+    """One line per cell: its recipe, each seed's top-1, the mean, the mean's difference to the same net's
+    ``*_paper`` cell of the table (where there is one), and the mean with flip TTA."""
     cells: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r["table"] == name:
             cells[r["cell"]].append(r)
+    mean = {c: statistics.mean(r["top1"] for r in rs) for c, rs in cells.items()}
     lines = [f"### {name}", "",
-             "| cell | recipe | seeds: top-1 (%) | mean top-1 | mean top-1, flip TTA | wall per run (s) |",
-             "| --- | --- | --- | ---: | ---: | ---: |"]
-    for cell, rs in cells.items():
+             "| cell | recipe | seeds: top-1 (%) | mean top-1 | vs paper | mean top-1, flip TTA | wall per run (s) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for cell, rs in sorted(cells.items(), key=lambda kv: (kv[0].split("_")[0] != "nf", kv[0])):
         rs.sort(key=lambda r: r["seed"])
         seeds = ", ".join(f"s{r['seed']} {r['top1']:.2f}" for r in rs)
         flips = [r["top1_flip"] for r in rs if r["top1_flip"] is not None]
-        lines.append(f"| {cell} | `{rs[0]['recipe']}` | {seeds} | {_fmt([r['top1'] for r in rs])} | "
+        paper = f"{cell.split('_')[0]}_paper"
+        delta = f"{mean[cell] - mean[paper]:+.2f}" if paper in mean and cell != paper else "–"
+        lines.append(f"| {cell} | `{rs[0]['recipe']}` | {seeds} | {mean[cell]:.2f} | {delta} | "
                      f"{_fmt(flips)} | {statistics.mean(r['wall_s'] for r in rs):.0f} |")
     return "\n".join(lines)
 
