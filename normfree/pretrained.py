@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError, DataError
+from .models.variants import IMAGENET_MEAN, IMAGENET_STD
 from .registry import create_model
 from .safeio import one_line, read_safetensors
 
@@ -85,8 +86,7 @@ def data_config(model: nn.Module) -> dict[str, Any]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("test_input_size") or cfg.get("input_size") or (3, 224, 224)
     return {"input_size": tuple(int(s) for s in size), "interpolation": cfg.get("interpolation", "bicubic"),
-            "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            "mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD)),
             "crop_pct": float(cfg.get("crop_pct", 0.875)), "crop_mode": cfg.get("crop_mode", "center")}
 
 

@@ -140,7 +140,7 @@ class Blueprint:
 StemFn = Callable[[Blueprint], tuple[nn.Module, int]]
 """Blueprint → (stem module, its output channels)."""
 BlockConvsFn = Callable[[Blueprint, int, int, int, int], tuple[list[ConvSpec], int]]
-"""(recipe, in_ch, stage, index in stage, stride) → (the branch's convs, index of the conv SE follows)."""
+"""(blueprint, in_ch, stage, index in stage, stride) → (the branch's convs, index of the conv SE follows)."""
 FinalWidthFn = Callable[[Blueprint], "int | None"]
 """Blueprint → channels of the final 1×1 conv before the pool (None: no final conv, only the activation)."""
 
@@ -201,23 +201,23 @@ def build_network(config: NetConfig, **options: Any) -> ResidualNetwork:
     :class:`~normfree.models.blocks.ResidualBlock`, final layers, classifier and ``pretrained_cfg``."""
     family = config.family
     opts = family.resolve(options)
-    recipe = _recipe(config, opts)
+    bp = _blueprint(config, opts)
     if opts.fixup and (opts.alpha is not None or opts.skipinit_gain == 0):
         raise ModelSpecError("Fixup has no α/β and its branch multiplier starts at 1: "
                              "pass alpha=None and skipinit_gain=1")
-    stem, stem_ch = family.stem(recipe)
-    stages, expected = build_stages(stem_ch, recipe.variant.depths, _block_fn(family, recipe),
+    stem, stem_ch = family.stem(bp)
+    stages, expected = build_stages(stem_ch, bp.variant.depths, _block_fn(family, bp),
                                     opts.alpha or 0.0, opts.stochdepth_rate)
-    final, num_features = _final(family, recipe)
-    v = recipe.variant
+    final, num_features = _final(family, bp)
+    v = bp.variant
     data = pretrained_cfg(opts.num_classes, v.train_size, v.test_size, **family.data)
-    nf_expected = expected if recipe.layers.normalizer_free and opts.alpha is not None else None
+    nf_expected = expected if bp.layers.normalizer_free and opts.alpha is not None else None
     return ResidualNetwork(stem, stages, final, num_features, opts.num_classes, v.drop_rate,
                            opts.fc_init_std, nf_expected, data,
-                           extra_init=fixup_init if opts.fixup else None, **recipe.layers.factory_kwargs)
+                           extra_init=fixup_init if opts.fixup else None, **bp.layers.factory_kwargs)
 
 
-def _recipe(config: NetConfig, opts: NetOptions) -> Blueprint:
+def _blueprint(config: NetConfig, opts: NetOptions) -> Blueprint:
     """Apply the ``widths``/``depths``/``drop_rate`` overrides and the width multiplier."""
     row, family = config.variant, config.family
     v = Variant(tuple(int(w) for w in opts.widths or row.widths), tuple(int(d) for d in opts.depths or row.depths),
