@@ -37,3 +37,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_private():
+    """``make_private(model, x, y)`` → (private module, its optimizer): Opacus's ``PrivacyEngine`` on one
+    full batch of (x, y), SGD lr 0.1, σ = 1, C = 1, no Poisson sampling (the step is deterministic)."""
+    from opacus import PrivacyEngine
+
+    def wrap(model, x, y):
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(x))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.warns(UserWarning, match="Secure RNG"):
+            private, opt, _ = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader,
+                                                           noise_multiplier=1.0, max_grad_norm=1.0,
+                                                           poisson_sampling=False)
+        return private, opt
+    return wrap

@@ -48,18 +48,13 @@ CASES = [(name, torch.float64, 1e-5) for name in TINY] + [
 
 
 @pytest.mark.parametrize("name,dtype,tol", CASES)
-def test_make_private_grad_samples_equal_single_example_backward(name, dtype, tol):
+def test_make_private_grad_samples_equal_single_example_backward(name, dtype, tol, make_private):
     model = _model(name, dtype)
     assert ModuleValidator.validate(model) == []
     reference = copy.deepcopy(model)  # no hooks: runs the fused fast path
     set_fast_path(model, False)  # Opacus's hooks see the layers on the plain path
     x, y = torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 5, (8,))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.warns(UserWarning, match="Secure RNG"):
-        private, opt, loader = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader,
-                                                            noise_multiplier=1.0, max_grad_norm=1.0,
-                                                            poisson_sampling=False)
+    private, _ = make_private(model, x, y)
     F.cross_entropy(private(x), y).backward()
 
     singles = {n: [] for n, _ in reference.named_parameters()}

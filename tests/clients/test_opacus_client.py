@@ -13,24 +13,18 @@ from .tiny import TINY, live
 pytestmark = pytest.mark.usefixtures("one_thread")
 opacus = pytest.importorskip("opacus")
 import normfree.privacy  # noqa: E402,F401  (registers normfree's layers with Opacus)
-from opacus import PrivacyEngine  # noqa: E402
 from opacus.validators import ModuleValidator  # noqa: E402
 
 from normfree.models.blocks import set_fast_path  # noqa: E402
 
 
-def test_make_private_default_config_model():
+def test_make_private_default_config_model(make_private):
     torch.manual_seed(0)
     model = set_fast_path(live(normfree.create_model("nf_regnet_b0", **TINY)), False).train()
     assert max(b.drop_path.rate for b in model.blocks()) > 0 and model.drop.p > 0  # the defaults
     assert ModuleValidator.validate(model) == []
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.warns(UserWarning, match="Secure RNG"):
-        private, opt, _ = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader,
-                                                       noise_multiplier=1.0, max_grad_norm=1.0,
-                                                       poisson_sampling=False)
+    private, opt = make_private(model, x, y)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     torch.manual_seed(3)
     F.cross_entropy(private(x), y).backward()
