@@ -19,12 +19,11 @@ post-step loss; then the backward of the objective runs through both, counted as
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,6 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..layers.conv import _ScaledStdConvNd
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -70,21 +68,6 @@ def first_step(grads: Iterable[torch.Tensor], optimizer_kind: str, adam_eps: flo
     return [g / (g.abs() + adam_eps) for g in grads]
 
 
-@contextlib.contextmanager
-def _twice_differentiable(model: nn.Module) -> Iterator[None]:
-    """Scaled-WS convs standardize through the textbook formula, whose autograd graph has second
-    derivatives. Their fast custom backward treats the weight statistics as constants: exact for one
-    backward, but it drops terms of the double backward that GradInit takes."""
-    convs = [m for m in model.modules() if isinstance(m, _ScaledStdConvNd)]
-    for m in convs:
-        m.standardized_weight = m.standardized_weight_reference  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        for m in convs:
-            del m.standardized_weight
-
-
 def gradinit(model: nn.Module, data: Iterable[Batch], optimizer_kind: Literal["sgd", "adam"] = "sgd", *,
              iters: int = 100, eta: float | None = None, grad_bound: float = 1.0, lr: float = 1e-2,
              min_scale: float = 1e-2, loss_fn: LossFn | None = None, log_every: int = 10,
@@ -118,41 +101,40 @@ def gradinit(model: nn.Module, data: Iterable[Batch], optimizer_kind: Literal["s
     result = GradInitResult({})
     start = time.perf_counter()
     batches = iter(data)
-    with _twice_differentiable(model):
-        for it in range(iters):
-            try:
-                (x0, y0), (x1, y1) = next(batches), next(batches)
-            except StopIteration:
-                emit(f"gradinit: data ran out after {it} iteration(s)")
-                break
-            params = {n: scales[n] * base[n] for n in names}
-            loss0 = loss_fn(functional_call(model, params, (x0,)), y0)
-            grads = torch.autograd.grad(loss0, list(params.values()), create_graph=True)
-            gnorm = _lp_norm(grads, p)
+    for it in range(iters):
+        try:
+            (x0, y0), (x1, y1) = next(batches), next(batches)
+        except StopIteration:
+            emit(f"gradinit: data ran out after {it} iteration(s)")
+            break
+        params = {n: scales[n] * base[n] for n in names}
+        loss0 = loss_fn(functional_call(model, params, (x0,)), y0)
+        grads = torch.autograd.grad(loss0, list(params.values()), create_graph=True)
+        gnorm = _lp_norm(grads, p)
+        result.forward_passes += 1
+        result.backward_passes += 1
+        inside = bool(gnorm <= grad_bound)
+        if inside:
+            stepped = {n: params[n] - eta * d for n, d in zip(names, first_step(grads, optimizer_kind))}
+            objective = loss_fn(functional_call(model, stepped, (x1,)), y1)
             result.forward_passes += 1
-            result.backward_passes += 1
-            inside = bool(gnorm <= grad_bound)
-            if inside:
-                stepped = {n: params[n] - eta * d for n, d in zip(names, first_step(grads, optimizer_kind))}
-                objective = loss_fn(functional_call(model, stepped, (x1,)), y1)
-                result.forward_passes += 1
-            else:
-                objective = gnorm
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            result.backward_passes += 2
-            opt.step()
-            with torch.no_grad():
-                for s in scales.values():
-                    s.clamp_(min=min_scale)
-            rec = {"iter": it + 1, "loss0": float(loss0.detach()), "grad_norm": float(gnorm.detach()),
-                   "inside_bound": inside, "objective": float(objective.detach())}
-            if not all(math.isfinite(v) for v in (rec["loss0"], rec["objective"])):
-                raise ConfigError(f"GradInit diverged at iteration {it + 1} ({rec}); lower lr or eta")
-            result.history.append(rec)
-            if (it + 1) % log_every == 0 or it == 0:
-                emit(f"gradinit {it + 1}/{iters}: loss {rec['loss0']:.4f}, |g|_{p} {rec['grad_norm']:.4g}"
-                     f"{'' if inside else ' (over the bound: shrinking it)'}, objective {rec['objective']:.4f}")
+        else:
+            objective = gnorm
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        result.backward_passes += 2
+        opt.step()
+        with torch.no_grad():
+            for s in scales.values():
+                s.clamp_(min=min_scale)
+        rec = {"iter": it + 1, "loss0": float(loss0.detach()), "grad_norm": float(gnorm.detach()),
+               "inside_bound": inside, "objective": float(objective.detach())}
+        if not all(math.isfinite(v) for v in (rec["loss0"], rec["objective"])):
+            raise ConfigError(f"GradInit diverged at iteration {it + 1} ({rec}); lower lr or eta")
+        result.history.append(rec)
+        if (it + 1) % log_every == 0 or it == 0:
+            emit(f"gradinit {it + 1}/{iters}: loss {rec['loss0']:.4f}, |g|_{p} {rec['grad_norm']:.4g}"
+                 f"{'' if inside else ' (over the bound: shrinking it)'}, objective {rec['objective']:.4f}")
     result.iterations = len(result.history)
     with torch.no_grad():
         for n, t in model.named_parameters():

@@ -1,6 +1,7 @@
 """The network shell shared by every family: stem → residual stages → head."""
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Sequence
@@ -23,6 +24,16 @@ def decay_exempt(name: str, param: torch.Tensor) -> bool:
     as the official ``_make_opt`` (names containing 'gain'/'bias', scale/offset/b)."""
     leaf = name.rsplit(".", 1)[-1]
     return sum(s > 1 for s in param.shape) <= 1 or any(k in leaf for k in NO_DECAY_NAMES)
+
+
+def init_classifier(fc: nn.Linear, std: float) -> None:
+    """The families' classifier init: weights normal with ``std`` (zeros when ``std`` is 0), bias zero."""
+    if std > 0:
+        nn.init.normal_(fc.weight, 0.0, std)
+    else:
+        nn.init.zeros_(fc.weight)
+    if fc.bias is not None:
+        nn.init.zeros_(fc.bias)
 
 
 class FeatureInfo(list):
@@ -77,11 +88,12 @@ class ResidualNetwork(nn.Module):
 
     def init_weights(self) -> ResidualNetwork:
         """Re-initialize every parameter exactly as construction did: each layer's
-        ``reset_parameters()`` in construction order, the classifier's init, then the family's
-        ``extra_init`` (Fixup's). Under the same seed this gives the weights of a fresh build, and it
-        materializes a network built on the ``meta`` device after ``to_empty()``."""
+        ``reset_parameters()`` in construction order, the classifier's init (also for an ``nn.Linear``
+        the user put in place of ``fc``), then the family's ``extra_init`` (Fixup's). Under the same
+        seed this gives the weights of a fresh build, and it materializes a network built on the
+        ``meta`` device after ``to_empty()``."""
         for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
+            if m is not self and m is not self.fc and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         self._init_classifier()
         if self.extra_init is not None:
@@ -111,17 +123,18 @@ class ResidualNetwork(nn.Module):
         if num_classes == 0:
             self.fc: nn.Module = nn.Identity()
             return
-        self.fc = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+        # skip_init: no draws for nn.Linear's default init, which the family's init replaces at once
+        fc = nn.utils.skip_init(nn.Linear, self.num_features, num_classes, device=device, dtype=dtype)
+        # The generic meta-device recipe (FSDP, accelerate) calls every module's reset_parameters(): this
+        # one gives the family's init, while the layer stays exactly an nn.Linear for type-keyed tools
+        # (Opacus grad samplers, quantization mappings).
+        fc.reset_parameters = functools.partial(init_classifier, fc, self.fc_init_std)
+        self.fc = fc
         self._init_classifier()
 
     def _init_classifier(self) -> None:
-        if not isinstance(self.fc, nn.Linear):
-            return
-        if self.fc_init_std > 0:
-            nn.init.normal_(self.fc.weight, 0.0, self.fc_init_std)
-        else:
-            nn.init.zeros_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
+        if isinstance(self.fc, nn.Linear):
+            init_classifier(self.fc, self.fc_init_std)
 
     def blocks(self) -> list[nn.Module]:
         """All residual blocks in forward order."""

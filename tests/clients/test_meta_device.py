@@ -39,8 +39,8 @@ def test_meta_build_to_empty_reset_parameters_on_every_module_matches_fresh_stat
     """The generic recipe (FSDP, accelerate): to_empty, then every module's reset_parameters. Each
     tensor comes back finite, constants (gains, biases, skip gains) exactly, random weights with the
     fresh model's mean and std (within 4 standard errors of a sample of that size; the small SE biases
-    pooled). The classifier is a plain ``nn.Linear``, so this recipe gives it nn.Linear's default
-    init instead of the family's (zeros for NF-RegNet): ``init_weights()`` is the exact route."""
+    pooled). The classifier stays exactly an ``nn.Linear`` and its ``reset_parameters`` gives the
+    family's init (zeros for NF-RegNet, not nn.Linear's default)."""
     torch.manual_seed(0)
     fresh = normfree.create_model("nf_regnet_b0", **TINY).state_dict()
     with torch.device("meta"):
@@ -51,10 +51,8 @@ def test_meta_build_to_empty_reset_parameters_on_every_module_matches_fresh_stat
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     small: tuple[list, list] = ([], [])
-    assert not fresh["fc.weight"].any() and meta.fc.weight.any()  # zeros vs nn.Linear's own init
+    assert type(meta.fc) is torch.nn.Linear
     for k, v in meta.state_dict().items():
-        if k.startswith("fc."):
-            continue
         ref = fresh[k]
         assert torch.isfinite(v).all(), k
         if torch.all(ref == ref.flatten()[0]):
@@ -74,3 +72,20 @@ def _same_distribution(v: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     n = ref.numel()
     assert abs(v.mean().item() - ref.mean().item()) < 4 * ref.std().item() / n**0.5, what
     assert abs(v.std().item() / ref.std().item() - 1) < 4 / (2 * n) ** 0.5, what
+
+
+def test_classifier_reset_parameters_draws_the_family_init_and_survives_copies():
+    """NF-ResNet's classifier is N(0, 0.01) (nn.Linear's own default would be U(±1/√64), std 0.072);
+    a deep copy's classifier re-initializes itself, not the original's."""
+    import copy
+
+    model = normfree.create_model("nf_cifar_resnet20")
+    ref = torch.empty_like(model.fc.weight).normal_(0.0, 0.01)
+    model.fc.bias.data.fill_(1.0)
+    model.fc.reset_parameters()
+    _same_distribution(model.fc.weight.detach(), ref, "fc.weight")
+    assert not model.fc.bias.any()
+    twin = copy.deepcopy(model)
+    before = model.fc.weight.detach().clone()
+    twin.fc.reset_parameters()
+    assert torch.equal(model.fc.weight, before) and not torch.equal(twin.fc.weight, before)
