@@ -50,9 +50,11 @@ def test_paper_recipe_is_the_official_default():
 def test_flags_override_recipe_and_model_kwargs_merge():
     cfg = config_from_args(_args(["--recipe", "nf_cifar", "--lr", "0.3", "--model-kwargs", '{"alpha": 0.3}']))
     recipe = load_recipe("nf_cifar")
-    assert cfg.lr == 0.3 and cfg.label_smoothing == recipe["label_smoothing"] > 0
+    assert cfg.lr == 0.3
     assert cfg.model_kwargs == {**recipe["model_kwargs"], "alpha": 0.3}
     assert cfg.recipe == "nf_cifar"
+    bn = config_from_args(_args(["--recipe", "bn_cifar", "--ema-decay", "0.99"]))
+    assert bn.lr == load_recipe("bn_cifar")["lr"] != TrainConfig().lr and bn.ema_decay == 0.99
 
 
 def test_config_file_sits_between_recipe_and_flags(tmp_path):
@@ -233,21 +235,21 @@ def test_summarizer_rows_from_a_real_run(tmp_path):
     run = tmp_path / "headline_b64" / "nf_x_s3"
     cfg = TrainConfig.from_dict(load_recipe("nf_cifar"))
     cfg = dataclasses.replace(cfg, data="demo", epochs=2, batch_size=64, train_subset=192, test_subset=64,
-                              seed=3, lr=0.2, tta_flip=False, out_dir=str(run), device="cpu",
+                              seed=3, lr=0.2, ema_decay=0.9, tta_flip=False, out_dir=str(run), device="cpu",
                               model_kwargs={**cfg.model_kwargs, "width": 0.25})
     Trainer(cfg).fit()
     rows = summarize.collect(tmp_path)
     assert len(rows) == 1
     r = rows[0]
     summary = json.loads((run / "summary.json").read_text())
-    assert r["recipe"] == "nf_cifar+width=0.25+lr=0.2"
+    assert r["recipe"] == "nf_cifar+width=0.25+lr=0.2+ema_decay=0.9"
     assert (r["net"], r["batch"], r["epochs"], r["seed"], r["train_images"], r["test_images"]) == (
         "nf", 64, 2, 3, 192, 64)
     assert r["top1"] == summary["ema_test_top1"] and r["top1_flip"] is None  # EMA weights are the kept ones
     assert [e for e, _ in r["curve"]] == [1, 2]
     summarize.write_csv(rows, tmp_path / "r.csv")
     header, line = (tmp_path / "r.csv").read_text().splitlines()
-    assert header == ",".join(summarize.COLUMNS) and ",nf_cifar+width=0.25+lr=0.2,64,2,3,192,64," in line
+    assert header == ",".join(summarize.COLUMNS) and ",nf_cifar+width=0.25+lr=0.2+ema_decay=0.9,64,2,3,192,64," in line
     summarize.figure(rows, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert os.path.getsize(tmp_path / "r.csv") > 0
