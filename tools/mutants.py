@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for group in groups:
+            if not any(m.module == group for m in mutants):
+                continue  # nothing selected here: skip its baseline too
             base, nodes = _baseline(work, TESTS[group], args.timeout)
             if base != "pass":
                 print(f"{group}: the unmutated tests do not pass ({base}); its mutants are not run")
