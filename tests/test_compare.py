@@ -1,13 +1,16 @@
 """normfree compare: SPP figure + results table; the trainer's paper-prescribed parameter groups."""
 import csv
+import dataclasses
 import json
 import math
+from concurrent.futures import Future
 
 import pytest
 import torch
 
 from normfree.cli import main
 from normfree.errors import NormfreeError
+from normfree.train import compare as compare_module
 from normfree.train.compare import COLUMNS, compare
 from normfree.train.config import TrainConfig
 from normfree.train.trainer import Trainer
@@ -63,10 +66,34 @@ def test_bad_param_groups_is_a_user_error():
         TrainConfig(param_groups="lars")
 
 
-def test_compare_writes_figure_and_table_and_every_variant_trains(tmp_path):
+class _HereAndNow:
+    """Stand-in for compare's one-worker ``ProcessPoolExecutor``: runs the submitted call in this process.
+    Spawning a process per run costs a torch import each; the spawned path (a summary and a failure
+    crossing it) is covered by test_each_run_trains_in_a_spawned_process_and_its_failure_comes_back_as_a_row."""
+
+    def __init__(self, *_args, **_kwargs) -> None:
+        pass
+
+    def __enter__(self) -> "_HereAndNow":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as err:  # noqa: BLE001 - handed to the caller, as a process pool does
+            done.set_exception(err)
+        return done
+
+
+def test_compare_writes_figure_and_table_and_every_variant_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "ProcessPoolExecutor", _HereAndNow)
     models = ["nf_cifar_resnet20:width=0.5", "fixup_cifar_resnet20:width=0.5"]
     rows = compare(models, "synthetic", tmp_path, batch_sizes=(16, 4), epochs=1, lr=0.2, lr_batch=16,
-                   train_subset=64, test_subset=32, spp_batch=4, spp_skipinit_gain=1.0, device="cpu",
+                   train_subset=32, test_subset=16, spp_batch=4, spp_skipinit_gain=1.0, device="cpu",
                    warmup_epochs=0)
     assert (tmp_path / "spp.png").stat().st_size > 10_000
     assert (tmp_path / "curves.png").stat().st_size > 10_000  # learning curves (tests/test_figures.py looks)
@@ -84,13 +111,13 @@ def test_compare_writes_figure_and_table_and_every_variant_trains(tmp_path):
     assert rows[1]["lr_scales"] == pytest.approx([1.0, 0.1])
 
     table = json.loads((tmp_path / "results.json").read_text())
-    assert table["rows"] == json.loads(json.dumps(rows)) and table["settings"]["train_subset"] == 64
+    assert table["rows"] == json.loads(json.dumps(rows)) and table["settings"]["train_subset"] == 32
     with (tmp_path / "results.csv").open() as f:
         csv_rows = list(csv.DictReader(f))
     assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == 4
     assert float(csv_rows[3]["test_top1"]) == pytest.approx(rows[3]["test_top1"])
     md = (tmp_path / "results.md").read_text()
-    assert md.count("| fixup_cifar_resnet20:width=0.5 |") == 2 and "train subset 64" in md
+    assert md.count("| fixup_cifar_resnet20:width=0.5 |") == 2 and "train subset 32" in md
     for r in rows:
         assert (tmp_path / "runs" / r["run_dir"].rsplit("/", 1)[-1] / "metrics.jsonl").is_file()
 
@@ -106,10 +133,25 @@ def test_compare_rejects_bad_batch_sizes(tmp_path):
     with pytest.raises(NormfreeError, match="--batch-size = 0: must be an integer >= 1"):
         compare(["nf_cifar_resnet20"], "synthetic", tmp_path, batch_sizes=(0,))
 
-def test_a_diverging_run_is_a_row_not_a_crash(tmp_path):
+def test_a_diverging_run_is_a_row_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "ProcessPoolExecutor", _HereAndNow)
     rows = compare(["nf_cifar_resnet20:width=0.5"], "synthetic", tmp_path, batch_sizes=(16, 8), epochs=1,
                    lr=1e8, lr_batch=16, train_subset=64, test_subset=16, spp_batch=4, device="cpu",
                    warmup_epochs=0)
-    assert len(rows) == 2 and all("training loss became" in r["error"] for r in rows)
+    assert len(rows) == 2 and all("training loss became" in r["error"] for r in rows)  # the second still ran
     assert all(math.isnan(r["test_top1"]) for r in rows)
     assert (tmp_path / "results.md").read_text().count("failed: ") == 2
+
+
+def test_each_run_trains_in_a_spawned_process_and_its_failure_comes_back_as_a_row(tmp_path):
+    """The real one-worker spawn pool: a run's summary and a diverged run's error cross the process
+    boundary (both must pickle), and the child's peak memory is its own."""
+    cfg = TrainConfig(model="nf_cifar_resnet20", model_kwargs={"width": 0.5}, data="synthetic", train_subset=16,
+                      test_subset=8, epochs=1, batch_size=8, lr=0.1, warmup_epochs=0, log_every=1,
+                      device="cpu", out_dir=str(tmp_path / "ok"))
+    ok = compare_module._run_row("nf_cifar_resnet20:width=0.5", cfg)
+    assert not ok["error"] and ok["mem_kind"] == "process peak RSS" and ok["peak_mem_mb"] > 50
+    assert math.isfinite(ok["first_loss"]) and ok["final_train_loss"] != ok["first_loss"]
+    assert (tmp_path / "ok" / "metrics.jsonl").is_file()
+    bad = compare_module._run_row("nf_cifar_resnet20:width=0.5", dataclasses.replace(cfg, lr=1e8, out_dir=str(tmp_path / "bad")))
+    assert "training loss became" in bad["error"] and math.isnan(bad["test_top1"])

@@ -251,7 +251,18 @@ def test_standardize_and_bad_settings():
         AlternatingFlipLoader(_images(3), torch.arange(3), 4, 0)
 
 
-def test_lane_runner_and_summarizer_at_tiny_size(tmp_path):
+def _run_script(monkeypatch, script, args: list[str]) -> None:
+    """``python SCRIPT ARGS`` in this process, as its ``__main__``; a non-zero exit fails."""
+    import runpy
+
+    monkeypatch.setattr("sys.argv", [str(script), *args])
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code in (0, None), f"{script.name} {args}: exit {stop.code}"
+
+
+def test_lane_runner_and_summarizer_at_tiny_size(tmp_path, monkeypatch, capsys):
     import csv
     import os
     import subprocess
@@ -271,14 +282,16 @@ def test_lane_runner_and_summarizer_at_tiny_size(tmp_path):
     env = {**os.environ, "DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
     lanes = [sys.executable, str(root / "benchmarks/speedrun/lanes.py"), "--plan", str(tmp_path / "plan.yaml"),
              "--exp", str(tmp_path / "exp"), "--threads", "1"]
-    subprocess.run(lanes, check=True, env=env, cwd=root, capture_output=True)
-    listing = subprocess.run([*lanes, "--list"], check=True, env=env, cwd=root, capture_output=True, text=True)
-    assert listing.stdout.split() == ["done", "tiny/bn/s0", "done", "tiny/nf/s0"]
+    subprocess.run(lanes, check=True, env=env, cwd=root, capture_output=True)  # the lanes spawn the runs
+    # --list and the summary read files only: run as scripts in this process (no second torch import)
+    monkeypatch.chdir(root)
+    _run_script(monkeypatch, root / "benchmarks/speedrun/lanes.py", [*lanes[2:], "--list"])
+    assert capsys.readouterr().out.split() == ["done", "tiny/bn/s0", "done", "tiny/nf/s0"]
     run_dir = tmp_path / "exp" / "tiny" / "nf" / "s0"
     assert not (run_dir / "checkpoint.safetensors").exists()
     assert "--set=data_init_images=64" in (run_dir / "command.txt").read_text()
-    subprocess.run([sys.executable, str(root / "benchmarks/speedrun/summarize.py"), "--exp", str(tmp_path / "exp"),
-                    "--out", str(tmp_path)], check=True, cwd=root, capture_output=True)
+    _run_script(monkeypatch, root / "benchmarks/speedrun/summarize.py", ["--exp", str(tmp_path / "exp"),
+                                                                          "--out", str(tmp_path)])
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["net", "model", "recipe", "seed", "epochs", "train_images_seen", "macs_per_image",

@@ -11,6 +11,7 @@ from normfree.cli import main
 from normfree.errors import NormfreeError
 from normfree.train.checkpoint import load_checkpoint
 from normfree.train.config import TrainConfig
+from normfree.train.metrics import read_metrics
 from normfree.train.trainer import Trainer
 
 
@@ -101,6 +102,14 @@ def test_training_learns_synthetic_data(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.safetensors", "best.safetensors"):
         assert (run / name).is_file(), name
     assert (run / "plot.png").is_file() or pytest.importorskip("matplotlib") is None
+    records = read_metrics(run / "metrics.jsonl")  # log_every=1: a record per step, one per epoch
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(1, 3 * 256 // 16 + 1))
+    assert [r["epoch"] for r in epochs] == [1, 2, 3] and epochs[-1]["test_top1"] == summary["test_top1"]
+    for e in epochs:  # the epoch's train loss is the mean of its steps' logged losses
+        losses = [r["loss"] for r in steps if r["epoch"] == e["epoch"] - 1]
+        assert len(losses) == 16 and e["train_loss"] == pytest.approx(sum(losses) / 16, rel=1e-6)
 
 
 def test_grad_accumulation_matches_full_batch(tmp_path):
