@@ -200,6 +200,17 @@ def test_spp_measure_honours_every_argument(tmp_path):
     assert images.input_shape == [4, 3, 16, 16] and images.var != base.var
 
 
+def test_spp_checkpoint_rebuilds_the_model_with_its_trained_options(tmp_path):
+    """A training checkpoint records its model options (width 0.25, 4 classes here): the SPP of it
+    measures that model with those weights, without the options being given again."""
+    Trainer(TrainConfig(**{**BASE, "out_dir": str(tmp_path / "run")})).fit()
+    ckpt = str(tmp_path / "run" / "last.safetensors")
+    got = measure(["nf_cifar_resnet20"], batch=4, input_size=16, checkpoint=ckpt)[0]
+    want = measure(["nf_cifar_resnet20:width=0.25,num_classes=4,stochdepth_rate=0.0"], batch=4, input_size=16,
+                   checkpoint=ckpt)[0]
+    assert got.var == want.var and got.input_shape == [4, 3, 16, 16]
+
+
 # ---- bench --------------------------------------------------------------------------------------------
 
 def _bench(monkeypatch, *argv: str) -> dict:

@@ -27,6 +27,10 @@ def test_deploy_logits_match_training_form(key):
     x = torch.randn(3, 3, 35, 35)  # odd size: asymmetric TF-SAME padding on strided convs
     with torch.no_grad():
         model(x * 2 + 0.5)  # non-trivial BatchNorm running statistics for the BN twin
+        for m in model.modules():  # and far from init (a zero-init BN γ would make a branch dead)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0.0, 0.2)
+                m.running_mean.normal_(0.0, 0.5), m.running_var.uniform_(0.5, 2.0)
     model.eval()
     for b in model.blocks():
         b.drop_path.rate = 0.3  # irrelevant in eval; deploy must not depend on it
@@ -38,6 +42,7 @@ def test_deploy_logits_match_training_form(key):
     with torch.no_grad():
         if not key.startswith("bn_"):  # the residual branches carry signal: a dead branch would pass
             assert _max_rel(_reference(_zero_skip_gains(model), x), ref) > 0.01  # 1000x FP32_TOL
+        assert _max_rel(ref[1:], ref[:1].expand_as(ref[1:])) > 0.01  # the logits depend on the input
         assert _max_rel(dep(x), ref) < FP32_TOL
         assert _max_rel(fused(x), ref) < FP32_TOL
     assert fused is not model and dep is not model

@@ -29,6 +29,7 @@ def _build(key: str) -> torch.nn.Module:
         for n, p in model.named_parameters():
             if n.endswith(("gain", "bias")):
                 p.add_(torch.randn_like(p) * 0.1)
+        model.fc.weight.normal_(0.0, 0.1)  # a zero-init classifier would make the logits constant
     return model
 
 
