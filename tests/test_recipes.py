@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,8 +175,8 @@ def test_lane_plan_order_and_stale_locks(tmp_path):
     assert [(r["name"], r["seed"]) for r in runs] == [("x", 0), ("y", 0), ("x", 1), ("y", 1), ("y", 2)]
     assert runs[4]["dir"] == tmp_path / "t" / "y_s2"
     assert runs[1]["values"] == {"tta_flip": True, "epochs": 2, "lr": 0.2, "seed": 0}
-    assert lanes.flags({"model_kwargs": {"a": 1}, "tta_flip": True}) == [
-        "--model-kwargs", '{"a": 1}', "--tta-flip", "true"]
+    assert lanes.flags({"model_kwargs": {"a": 1}, "tta_flip": True, "amp": False, "lr": 0.2}) == [
+        "--model-kwargs", '{"a": 1}', "--tta-flip", "--no-amp", "--lr", "0.2"]
     d = tmp_path / "run"
     assert lanes.claim(d) and not lanes.claim(d)  # held by this (live) process
     (d / ".lane.lock").write_text("999999999")  # a dead lane's lock
@@ -228,6 +229,39 @@ def test_lanes_reread_the_plan_and_respect_holds(tmp_path):
     state_of = lambda r: "done" if (r["dir"] / "done").exists() else "todo"  # noqa: E731
     assert lanes.run_plan(runs, command_of, state_of) == 0
     assert ran == ["x", "y"]  # the held stage waited although it comes first, and ran once released
+
+
+def test_lanes_near_a_deadline_take_the_runs_that_fit(tmp_path, monkeypatch):
+    lanes = _module("lanes")
+    plan = {"stages": [{"name": "long", "table": "b4", "minutes": 90,
+                        "runs": [{"name": "x", "recipe": "nf_cifar", "seeds": [0, 1]}]},
+                       {"name": "short", "table": "b128",
+                        "runs": [{"name": "y", "recipe": "nf_cifar", "seeds": [0, 1, 2]}]}]}
+    runs = list(lanes.expand(plan, exp=tmp_path))
+    done = runs[2]["dir"]  # b128/y_s0 finished in 20 minutes; b128's other runs are expected to take as long
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"epochs_done": 1, "total_wall_time_s": 1200.0}))
+    (done / "config.yaml").write_text("epochs: 1\n")
+    assert lanes.expected_seconds(runs[3], runs) == 1200.0
+    assert lanes.expected_seconds(runs[0], runs) == 90 * 60  # no b4 run finished: the stage's estimate
+    now = time.time()
+    clock = [now]
+    monkeypatch.setattr(lanes.time, "time", lambda: clock[0])
+    assert lanes.fits(runs[0], runs, now + 100 * 60) and not lanes.fits(runs[0], runs, now + 95 * 60)  # 10 % margin
+    assert lanes.fits(runs[0], runs, None)
+    ran = []
+
+    def command_of(run):  # each run takes 20 minutes of the lane's clock
+        ran.append(run["dir"].name)
+        clock[0] += 20 * 60
+        return [sys.executable, "-c", "pass"]
+
+    state_of = lambda r: "done" if r["dir"] in (done,) or r["dir"].name in ran else "todo"  # noqa: E731
+    assert lanes.run_plan(runs, command_of, state_of, deadline=now + 30 * 60) == 0
+    assert ran == ["y_s1"]  # the 90-minute runs were skipped, and after y_s1 (20 min) nothing else fits
+    ran.clear()
+    assert lanes.run_plan(runs, command_of, state_of, deadline=now + 30 * 60) == 0 and ran == []
+    assert lanes.parse_until("00:00") > now and lanes.parse_until("23:59") - now < 86400
 
 
 def test_summarizer_rows_from_a_real_run(tmp_path):

@@ -279,14 +279,16 @@ def _baseline(work: Path, tests: list[str], timeout: float) -> tuple[str, list[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--module", action="append", choices=sorted(TESTS), help="only these groups (repeatable)")
-    parser.add_argument("--match", help="only mutants whose file or snippet contains this text")
+    parser.add_argument("--match", action="append",
+                        help="only mutants whose file or snippet contains this text (repeatable: any of them)")
     parser.add_argument("--tests-rev", help="git revision whose tests/ to run (default: the working tree's)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant (a timeout counts as killed)")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
     parser.add_argument("--json", help="write the per-mutant results here")
     args = parser.parse_args(argv)
     groups = args.module or list(TESTS)
-    mutants = [m for m in MUTANTS if m.module in groups and (not args.match or args.match in m.path + m.old)]
+    mutants = [m for m in MUTANTS
+               if m.module in groups and (not args.match or any(t in m.path + m.old for t in args.match))]
     if args.list:
         for i, m in enumerate(mutants):
             print(f"{i:3d} {m.module:8s} {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}")

@@ -10,6 +10,7 @@ Usage (repository root)::
     DATA_DIR=path/to/cifar10_npz_dir OMP_NUM_THREADS=1 python benchmarks/cifar10_nf_vs_bn/lanes.py
     python benchmarks/cifar10_nf_vs_bn/lanes.py --list          # every run and its state
     python benchmarks/cifar10_nf_vs_bn/lanes.py --stage ablation --device cuda
+    ... lanes.py --until 10:35     # start no run that would not finish by 10:35 (see ``fits``)
 
 ``DATA_DIR`` holds ``train.npz``/``test.npz`` (uint8 NHWC ``x``, int64 ``y``). Runs write into
 ``exp/<table>/<name>_s<seed>/`` (config, JSONL metrics, stdout, summary; checkpoints are not committed).
@@ -17,8 +18,10 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +38,8 @@ def expand(plan: dict[str, Any], stage: str | None = None, exp: Path = EXP) -> I
     """The plan's runs in execution order: stage by stage, and within a stage every entry's first seed
     before any entry's second seed (so a partial stage already covers every cell once). Each run's
     folder is ``exp/<table>/<name>_s<seed>``. A stage marked ``hold: true`` is listed but not run (unless
-    named by ``stage``): a gate that waits for a decision, such as the recipes a headline uses."""
+    named by ``stage``): a gate that waits for a decision, such as the recipes a headline uses. A stage's
+    optional ``minutes`` is its runs' expected wall time until one of its table's runs has finished."""
     for st in plan["stages"]:
         if stage and st["name"] != stage:
             continue
@@ -47,7 +51,8 @@ def expand(plan: dict[str, Any], stage: str | None = None, exp: Path = EXP) -> I
                     seed = e["seeds"][rank]
                     values = {**plan.get("common", {}), **st.get("common", {}), **e.get("set", {}), "seed": seed}
                     yield {"table": st["table"], "name": e["name"], "recipe": e["recipe"], "seed": seed,
-                           "values": values, "dir": exp / st["table"] / f"{e['name']}_s{seed}", "hold": held}
+                           "values": values, "dir": exp / st["table"] / f"{e['name']}_s{seed}", "hold": held,
+                           "minutes": st.get("minutes")}
 
 
 INTERRUPTED = (130, -2, -9, -15)  # Ctrl-C, SIGINT, SIGKILL, SIGTERM: resume later; other failures are final
@@ -100,9 +105,11 @@ def claim(run_dir: Path) -> bool:
 def flags(values: dict[str, Any]) -> list[str]:
     out = []
     for key, value in values.items():
-        text = json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) \
-            else str(value)
-        out += ["--" + key.replace("_", "-"), text]
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            out += ["--" + flag, json.dumps(value) if isinstance(value, dict) else str(value)]
     return out
 
 
@@ -151,21 +158,72 @@ def data_dir() -> str | None:
 Runs = list[dict[str, Any]]
 
 
+def wall_seconds(run_dir: Path) -> float | None:
+    """A finished run's wall time, from its ``summary.json`` (``normfree train``) or ``result.json``
+    (``normfree speedrun``); None when it has neither."""
+    for name, key in (("summary.json", "total_wall_time_s"), ("result.json", "wall_s")):
+        path = run_dir / name
+        if path.exists():
+            value = json.loads(path.read_text()).get(key)
+            if value is not None:
+                return float(value)
+    return None
+
+
+def expected_seconds(run: dict[str, Any], runs: Runs, state_of: Callable[[dict[str, Any]], str] = state
+                     ) -> float | None:
+    """How long ``run`` should take: the median wall time of its table's finished runs (a table is one
+    budget: epochs, batch and data), else its stage's ``minutes``, else None (unknown)."""
+    walls = [w for r in runs if r["table"] == run["table"] and state_of(r) == "done"
+             and (w := wall_seconds(r["dir"])) is not None]
+    if walls:
+        return statistics.median(walls)
+    return 60.0 * run["minutes"] if run.get("minutes") else None
+
+
+def fits(run: dict[str, Any], runs: Runs, deadline: float | None, state_of: Callable[[dict[str, Any]], str] = state
+         ) -> bool:
+    """Whether ``run`` should finish before ``deadline`` (epoch seconds), with a 10 % margin. A lane that
+    stops with its machine loses an unfinished run's progress when the checkpoints do not survive, so
+    near the end a lane skips to shorter runs instead. Unknown durations and no deadline always fit."""
+    if deadline is None:
+        return True
+    need = expected_seconds(run, runs, state_of)
+    return need is None or time.time() + 1.1 * need <= deadline
+
+
+def parse_until(text: str) -> float:
+    """``HH:MM`` (local time, the next such moment) as epoch seconds."""
+    try:
+        at = dt.datetime.combine(dt.date.today(), dt.time.fromisoformat(text))
+    except ValueError:
+        raise SystemExit(f"--until takes HH:MM, not {text!r}") from None
+    if at <= dt.datetime.now():
+        at += dt.timedelta(days=1)
+    return at.timestamp()
+
+
 def run_plan(runs: Runs | Callable[[], Runs], command_of: Callable[[dict[str, Any]], list[str]],
              state_of: Callable[[dict[str, Any]], str] = state, label: Callable[[dict[str, Any]], str] | None = None,
-             after: Callable[[dict[str, Any]], None] | None = None) -> int:
+             after: Callable[[dict[str, Any]], None] | None = None, deadline: float | None = None) -> int:
     """The lane loop shared by every benchmark: take the first run that is neither done, failed, held nor
-    claimed by a live lane, run its command (output to the run's ``stdout.log``), mark a final failure,
-    call ``after`` on success, and repeat; stop (returning the status) when a run was interrupted, so a
-    later lane resumes it. ``runs`` may be a function, called again before each claim, so edits to the plan
-    (a released hold, a new cell) reach lanes that are already running."""
+    claimed by a live lane (and, with a ``deadline``, expected to finish before it: see ``fits``), run its
+    command (output to the run's ``stdout.log``), mark a final failure, call ``after`` on success, and
+    repeat; stop (returning the status) when a run was interrupted, so a later lane resumes it. ``runs``
+    may be a function, called again before each claim, so edits to the plan (a released hold, a new cell)
+    reach lanes that are already running."""
     runs_of = runs if callable(runs) else lambda: runs
     label = label or (lambda r: f"{r['table']}/{r['dir'].name}")
     tried: set[Path] = set()  # each run at most once per lane
     while True:
-        run = next((r for r in runs_of() if r["dir"] not in tried and not r.get("hold")
-                    and state_of(r) not in ("done", "failed") and claim(r["dir"])), None)
+        plan = runs_of()
+        open_runs = [r for r in plan if r["dir"] not in tried and not r.get("hold")
+                     and state_of(r) not in ("done", "failed")]
+        run = next((r for r in open_runs if fits(r, plan, deadline, state_of) and claim(r["dir"])), None)
         if run is None:
+            if open_runs and deadline is not None:
+                print(f"[{time.strftime('%H:%M:%S')}] no open run is expected to finish by "
+                      f"{time.strftime('%H:%M', time.localtime(deadline))}; lane stops", flush=True)
             return 0
         tried.add(run["dir"])
         cmd = command_of(run)
@@ -189,6 +247,7 @@ def main(argv: list[str] | None = None, plan: Path = HERE / "plan.yaml", exp: Pa
     parser.add_argument("--stage", help="run only this stage of the plan")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--list", action="store_true", help="print every run with its state and exit")
+    parser.add_argument("--until", help="HH:MM: start only runs expected to finish by then")
     args = parser.parse_args(argv)
 
     def runs() -> Runs:
@@ -201,7 +260,8 @@ def main(argv: list[str] | None = None, plan: Path = HERE / "plan.yaml", exp: Pa
     data = data_dir()
     if data is None:
         return 2
-    return run_plan(runs, lambda r: command(r, f"npz:{data}", args.device))
+    return run_plan(runs, lambda r: command(r, f"npz:{data}", args.device),
+                    deadline=parse_until(args.until) if args.until else None)
 
 
 if __name__ == "__main__":

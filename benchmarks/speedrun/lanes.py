@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (default: torch's)")
     parser.add_argument("--list", action="store_true", help="print every run with its state and exit")
+    parser.add_argument("--until", help="HH:MM: start only runs expected to finish by then")
     args = parser.parse_args()
     plan = yaml.safe_load(Path(args.plan).read_text())
     todo = runs(plan, Path(args.exp), args.stage)
@@ -88,7 +89,7 @@ def main() -> int:
         (run["dir"] / "checkpoint.safetensors").unlink(missing_ok=True)
 
     return common.run_plan(todo, command_of, state, label=lambda r: f"{r['table']}/{r['name']}/s{r['seed']}",
-                           after=drop_checkpoint)
+                           after=drop_checkpoint, deadline=common.parse_until(args.until) if args.until else None)
 
 
 if __name__ == "__main__":
