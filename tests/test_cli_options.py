@@ -98,6 +98,25 @@ def test_train_resume_flag_continues_the_checkpoint(tmp_path):
     assert load_checkpoint(ckpt)[1]["step"] == 4  # two epochs of two steps: it went on from step 2
 
 
+@pytest.mark.parametrize("rank0", [True, False])
+def test_train_prints_the_summary_on_rank_0_only(monkeypatch, capsys, rank0):
+    import types
+
+    import normfree.train.trainer as trainer_mod
+
+    class FakeTrainer:  # what `normfree train` sees of one torchrun process
+        def __init__(self, cfg, resume=None, overwrite=False):
+            self.dist = types.SimpleNamespace(main=rank0)
+
+        def fit(self):
+            return {"model": "m", "steps": 7, "test_top1": 12.5}
+
+    monkeypatch.setattr(trainer_mod, "Trainer", FakeTrainer)
+    assert main(["train", "--data", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert ("summary: model=m, steps=7, test_top1=12.5" in out) == rank0
+
+
 BASE = dict(model="nf_cifar_resnet20", data="synthetic", model_kwargs={"width": 0.25, "stochdepth_rate": 0.0},
             train_subset=32, test_subset=16, epochs=1, batch_size=16, lr=0.1, warmup_epochs=0.0,
             eval_batch_size=16)
@@ -162,6 +181,30 @@ def test_eval_data_and_subset_change_what_is_scored(tmp_path, monkeypatch):
     np.savez(tmp_path / "test.npz", x=rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), y=np.arange(6) % 4)
     cmd.evaluate_checkpoint(ckpt, data=f"npz:{tmp_path}")
     assert sizes == [("synthetic", 8, 4), (f"npz:{tmp_path}", 6, 256)]  # no EMA weights: raw only
+
+
+def test_eval_scores_image_folders_at_the_size_the_run_evaluated(tmp_path):
+    """A checkpoint trained on an image folder at 24 px records its test size; eval reuses it unless
+    --image-size says otherwise (the model's own default would be 32)."""
+    from PIL import Image
+
+    import normfree.commands.eval as cmd
+
+    root = tmp_path / "imgs"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((30, 36, 3), 40 * i + (label == "dog") * 20, np.uint8)).save(root / label / f"{i}.png")
+    cfg = TrainConfig(**{**BASE, "data": f"imagefolder:{root}", "image_size": 24, "train_subset": 0,
+                         "test_subset": 0, "batch_size": 8, "out_dir": str(tmp_path / "run"), "epochs": 1})
+    with pytest.warns(UserWarning, match="no val/ folder"):
+        Trainer(cfg).fit()
+    ckpt = str(tmp_path / "run" / "last.safetensors")
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match="no val/ folder"):
+        cmd.evaluate_checkpoint(ckpt, log=lines.append)
+        cmd.evaluate_checkpoint(ckpt, image_size=20, log=lines.append)
+    assert "images at 24x24" in lines[0] and "images at 20x20" in lines[1]
 
 
 # ---- spp ----------------------------------------------------------------------------------------------
