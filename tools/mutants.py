@@ -233,10 +233,13 @@ MUTANTS = [
 
 
 def _scratch(tests_rev: str | None) -> Path:
-    """A scratch copy: the library and pyproject from the working tree, tests from it or from a revision."""
+    """A scratch copy: the library, pyproject and the documentation some tests read, from the working tree;
+    tests from it or from a revision."""
     work = Path(tempfile.mkdtemp(prefix="normfree-mutants-"))
     shutil.copytree(ROOT / "normfree", work / "normfree", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    shutil.copytree(ROOT / "docs", work / "docs")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, work / name)
     if tests_rev is None:
         shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     else:
