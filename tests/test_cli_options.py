@@ -98,25 +98,6 @@ def test_train_resume_flag_continues_the_checkpoint(tmp_path):
     assert load_checkpoint(ckpt)[1]["step"] == 4  # two epochs of two steps: it went on from step 2
 
 
-@pytest.mark.parametrize("rank0", [True, False])
-def test_train_prints_the_summary_on_rank_0_only(monkeypatch, capsys, rank0):
-    import types
-
-    import normfree.train.trainer as trainer_mod
-
-    class FakeTrainer:  # what `normfree train` sees of one torchrun process
-        def __init__(self, cfg, resume=None, overwrite=False):
-            self.dist = types.SimpleNamespace(main=rank0)
-
-        def fit(self):
-            return {"model": "m", "steps": 7, "test_top1": 12.5}
-
-    monkeypatch.setattr(trainer_mod, "Trainer", FakeTrainer)
-    assert main(["train", "--data", "synthetic"]) == 0
-    out = capsys.readouterr().out
-    assert ("summary: model=m, steps=7, test_top1=12.5" in out) == rank0
-
-
 BASE = dict(model="nf_cifar_resnet20", data="synthetic", model_kwargs={"width": 0.25, "stochdepth_rate": 0.0},
             train_subset=32, test_subset=16, epochs=1, batch_size=16, lr=0.1, warmup_epochs=0.0,
             eval_batch_size=16)

@@ -262,6 +262,7 @@ def test_lanes_near_a_deadline_take_the_runs_that_fit(tmp_path, monkeypatch):
     ran.clear()
     assert lanes.run_plan(runs, command_of, state_of, deadline=now + 30 * 60) == 0 and ran == []
     assert lanes.parse_until("00:00") > now and lanes.parse_until("23:59") - now < 86400
+    assert lanes.parse_until(None) is None
 
 
 def test_summarizer_rows_from_a_real_run(tmp_path):

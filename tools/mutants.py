@@ -52,7 +52,8 @@ TESTS = {
     "deploy": ["tests/test_deploy.py", "tests/test_speed.py::test_mid_branch_se_block_folded_and_deployed"],
     "convert": ["tests/test_convert_deepmind.py", "tests/test_convert_timm.py"],
     "cli": ["tests/test_cli_options.py", "tests/test_api.py", "tests/test_bench.py", "tests/test_compare.py",
-            "tests/test_train_loop.py::test_cli_train_then_eval", "tests/test_load.py"],
+            "tests/test_train_loop.py::test_cli_train_then_eval", "tests/test_load.py",
+            "tests/test_cli_vocabulary.py"],
 }
 """The tests each module's mutants run (the tests that claim to guard that code)."""
 

@@ -192,8 +192,10 @@ def fits(run: dict[str, Any], runs: Runs, deadline: float | None, state_of: Call
     return need is None or time.time() + 1.1 * need <= deadline
 
 
-def parse_until(text: str) -> float:
-    """``HH:MM`` (local time, the next such moment) as epoch seconds."""
+def parse_until(text: str | None) -> float | None:
+    """``HH:MM`` (local time, the next such moment) as epoch seconds; None (no deadline) for None."""
+    if text is None:
+        return None
     try:
         at = dt.datetime.combine(dt.date.today(), dt.time.fromisoformat(text))
     except ValueError:
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None, plan: Path = HERE / "plan.yaml", exp: Pa
     if data is None:
         return 2
     return run_plan(runs, lambda r: command(r, f"npz:{data}", args.device),
-                    deadline=parse_until(args.until) if args.until else None)
+                    deadline=parse_until(args.until))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 Prints, for each distinct (recipe, model) of plan.yaml, the seconds per example-augmentation (one row of
 the per-example gradient computation), its ratio to an ordinary training pass per image (timed in the
 same process, so the ratio holds on a loaded machine where the seconds do not) and the estimated wall
-time of the full run: rows per run = steps × expected batch × augmult (evaluation adds a few percent). No CIFAR data needed: the cost does not
-depend on the pixels. Takes about a minute per model on one thread.
+time of the full run: rows per run = steps × expected batch × augmult (evaluation adds a few percent).
+No CIFAR data needed: the cost does not depend on the pixels. Takes about a minute per model on one
+thread.
 
-Usage (repository root): OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dp_cifar10/probe.py [--stage cpu_eps8]
+Usage (repository root):
+OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dp_cifar10/probe.py [--stage cpu_eps8] [--plain-ms MS]
 """
 from __future__ import annotations
 

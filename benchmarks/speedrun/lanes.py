@@ -89,7 +89,7 @@ def main() -> int:
         (run["dir"] / "checkpoint.safetensors").unlink(missing_ok=True)
 
     return common.run_plan(todo, command_of, state, label=lambda r: f"{r['table']}/{r['name']}/s{r['seed']}",
-                           after=drop_checkpoint, deadline=common.parse_until(args.until) if args.until else None)
+                           after=drop_checkpoint, deadline=common.parse_until(args.until))
 
 
 if __name__ == "__main__":
