@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -288,6 +289,24 @@ def test_summarizer_rows_from_a_real_run(tmp_path):
     summarize.figure(rows, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert os.path.getsize(tmp_path / "r.csv") > 0
+
+
+def test_summarizer_lists_a_diverged_run_with_its_error(tmp_path, capsys):
+    """A run the lane marked failed (its ``normfree train`` exit status in ``failed``) stays out of
+    results.csv but is listed with the error its log ends on."""
+    summarize = _module("summarize")
+    run = tmp_path / "sweep_b4" / "nf_lr1e6_s1"
+    rc = main(["train", "--model", "nf_cifar_resnet20", "--model-kwargs", '{"width": 0.25}', "--data", "demo",
+               "--lr", "1e6", "--epochs", "1", "-b", "32", "--train-subset", "128", "--test-subset", "32",
+               "--out-dir", str(run), "--device", "cpu"])
+    assert rc != 0
+    (run / "stdout.log").write_text(capsys.readouterr().err)
+    (run / "failed").write_text(f"{rc}\n")
+    assert summarize.collect(tmp_path) == []
+    [r] = summarize.stopped(tmp_path)
+    assert (r["table"], r["cell"], r["seed"]) == ("sweep_b4", "nf_lr1e6", 1)
+    assert re.fullmatch(r"the training loss became nan at step \d+ \(epoch 0\)", r["reason"]), r["reason"]
+    assert "| sweep_b4 | nf_lr1e6 | 1 | the training loss became nan" in summarize.stopped_table([r])
 
 
 def _row(table, cell, seed, top1):
