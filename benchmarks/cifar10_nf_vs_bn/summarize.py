@@ -134,8 +134,8 @@ def stopped(exp: Path = EXP) -> list[dict[str, Any]]:
         errors = [ln for ln in (log.read_text(errors="replace").splitlines() if log.exists() else [])
                   if "error:" in ln]
         reason = errors[-1].split("error:", 1)[1].split(";")[0].strip() if errors else f"exit {mark.read_text().strip()}"
-        out.append({"table": run.parent.name, "cell": run.name.rsplit("_s", 1)[0],
-                    "seed": int(run.name.rsplit("_s", 1)[1]), "reason": reason})
+        cell, seed = run.name.rsplit("_s", 1)
+        out.append({"table": run.parent.name, "cell": cell, "seed": int(seed), "reason": reason})
     return out
 
 
