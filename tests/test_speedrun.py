@@ -185,6 +185,11 @@ def test_schedule_lookahead_and_optimizer_groups():
     nf = normfree.create_model("nf_cifar_speedrun", **TINY)
     nf_groups = build_optimizer(nf, get_recipe("nf_speedrun")).param_groups
     assert nf_groups[2]["weight_decay"] == 0 and nf_groups[2]["params"][0] is nf.groups[0].conv1.gain
+    scaled = build_optimizer(nf, get_recipe("nf_speedrun").replace(gain_lr_scale=0.5)).param_groups
+    assert scaled[2]["lr"] == pytest.approx(0.5 * scaled[1]["lr"]) and scaled[2]["weight_decay"] == 0
+    frozen = build_optimizer(nf, get_recipe("nf_speedrun").replace(gain_lr_scale=0.0)).param_groups
+    in_groups = {id(p) for g in frozen for p in g["params"]}
+    assert len(frozen) == 2 and all(not p.requires_grad and id(p) not in in_groups for p in nf.gain_parameters())
 
 
 def test_flops_are_six_macs_per_image_plus_init(tmp_path):

@@ -82,6 +82,7 @@ class SpeedrunRecipe:
     tta_level: int = 2             # 0 none, 1 mirror, 2 mirror + translate
     data_init_images: int = 0      # NF: images in the one-batch data-dependent init (0: none)
     agc_clip: float = 0.0          # AGC λ in units of the mean-loss gradient (0: off)
+    gain_lr_scale: float = 1.0     # NF: WS gains (0: frozen after the data init, as BN's scale)
     gain_weight_decay: bool = False  # NF: decay the WS gains too
 
     def replace(self, **changes: Any) -> SpeedrunRecipe:
@@ -203,11 +204,16 @@ def build_optimizer(model: SpeedrunNet, recipe: SpeedrunRecipe) -> torch.optim.S
     gains = model.gain_parameters()
     special = {id(p) for p in [*biases, *gains]}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
-    if recipe.gain_weight_decay:
-        others, gains = others + gains, []
-    groups = [{"params": biases, "lr": lr * recipe.bias_lr_scale, "weight_decay": decay / (lr * recipe.bias_lr_scale)},
-              {"params": others, "lr": lr, "weight_decay": decay / lr},
-              {"params": gains, "lr": lr, "weight_decay": 0.0}]
+    if recipe.gain_lr_scale == 0:  # frozen, as BN's scale in the reference
+        for p in gains:
+            p.requires_grad_(False)
+        gains = []
+
+    def group(params: list[nn.Parameter], scale: float, decayed: bool = True) -> dict[str, Any]:
+        return {"params": params, "lr": lr * scale, "weight_decay": decay / (lr * scale) if decayed else 0.0}
+
+    groups = [group(biases, recipe.bias_lr_scale), group(others, 1.0),
+              group(gains, recipe.gain_lr_scale, recipe.gain_weight_decay)]
     for g in groups:
         g["base_lr"] = g["lr"]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=recipe.momentum, nesterov=True)
