@@ -282,16 +282,17 @@ def test_lane_runner_and_summarizer_at_tiny_size(tmp_path, monkeypatch, capsys):
             "train_subset": 128, "test_subset": 32}
     plan = {"stages": [{"name": "tiny", "table": "tiny", "common": tiny, "runs": [
         {"name": "bn", "recipe": "airbench94", "seeds": [0]},
-        {"name": "nf", "recipe": "nf_speedrun", "seeds": [0], "set": {"data_init_images": 64}}]}]}
+        {"name": "nf", "recipe": "nf_speedrun", "seeds": [0], "set": {"data_init_images": 64}},
+        {"name": "nf_blowup", "recipe": "nf_speedrun", "seeds": [0], "set": {"lr": 1e9, "agc_clip": 0.0}}]}]}
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     env = {**os.environ, "DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
     lanes = [sys.executable, str(root / "benchmarks/speedrun/lanes.py"), "--plan", str(tmp_path / "plan.yaml"),
              "--exp", str(tmp_path / "exp"), "--threads", "1"]
-    subprocess.run(lanes, check=True, env=env, cwd=root, capture_output=True)  # the lanes spawn the runs
+    subprocess.run(lanes, env=env, cwd=root, capture_output=True)  # the lanes spawn the runs; one diverges
     # --list and the summary read files only: run as scripts in this process (no second torch import)
     monkeypatch.chdir(root)
     _run_script(monkeypatch, root / "benchmarks/speedrun/lanes.py", [*lanes[2:], "--list"])
-    assert capsys.readouterr().out.split() == ["done", "tiny/bn/s0", "done", "tiny/nf/s0"]
+    assert capsys.readouterr().out.split() == ["done", "tiny/bn/s0", "done", "tiny/nf/s0", "failed", "tiny/nf_blowup/s0"]
     run_dir = tmp_path / "exp" / "tiny" / "nf" / "s0"
     assert not (run_dir / "checkpoint.safetensors").exists()
     assert "--set=data_init_images=64" in (run_dir / "command.txt").read_text()
@@ -304,7 +305,10 @@ def test_lane_runner_and_summarizer_at_tiny_size(tmp_path, monkeypatch, capsys):
     assert [r["net"] for r in rows] == ["bn", "nf"] and rows[0]["train_images_seen"] == "128"
     assert rows[1]["recipe"] == "nf_speedrun+widths=[8, 16, 16]+epochs=1.0+batch_size=64+whiten_images=64" \
         "+data_init_images=64"  # the levers changed relative to the recipe
-    assert "| tiny | nf |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| tiny | nf |" in md and len(rows) == 2  # the diverged run is listed apart, with its error and command
+    assert "| tiny | nf_blowup | 0 | nf_speedrun seed 0: training loss is nan at epoch 1 (diverged) |" in md
+    assert md.count("--set=lr=1000000000.0") == 1
 
 
 def test_data_shards_round_trip(tmp_path):

@@ -126,16 +126,19 @@ def collect(exp: Path = EXP) -> list[dict[str, Any]]:
 
 def stopped(exp: Path = EXP) -> list[dict[str, Any]]:
     """The runs a lane marked ``failed`` (a divergence, say): they are results too, so the tables list
-    them with the error their log ends on, though results.csv keeps only finished runs."""
+    them with the error their log ends on, though results.csv keeps only finished runs.
+
+    Run folders are ``table/cell_sSEED`` (this benchmark) or ``table/cell/sSEED`` (the speedrun's)."""
     out = []
-    for mark in sorted(exp.glob("*/*/failed")):
+    for mark in sorted([*exp.glob("*/*/failed"), *exp.glob("*/*/s*/failed")]):
         run = mark.parent
         log = run / "stdout.log"
         errors = [ln for ln in (log.read_text(errors="replace").splitlines() if log.exists() else [])
                   if "error:" in ln]
         reason = errors[-1].split("error:", 1)[1].split(";")[0].strip() if errors else f"exit {mark.read_text().strip()}"
-        cell, seed = run.name.rsplit("_s", 1)
-        out.append({"table": run.parent.name, "cell": cell, "seed": int(seed), "reason": reason})
+        table, *rest = run.relative_to(exp).parts
+        cell, seed = rest[0].rsplit("_s", 1) if len(rest) == 1 else (rest[0], rest[1][1:])
+        out.append({"table": table, "cell": cell, "seed": int(seed), "reason": reason})
     return out
 
 

@@ -4,13 +4,15 @@ Usage (repository root): python benchmarks/speedrun/summarize.py [--exp DIR] [--
 
 One row per finished run. ``recipe`` is the recipe name followed by ``+key=value`` for every setting the
 run changed relative to it, so each row says how to reproduce it; results.md adds the mean ± std per
-cell and the command of every run (``command.txt``).
+cell, the runs that stopped (a divergence) with their error, and the command of every run
+(``command.txt``).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import json
 import statistics
 from collections import defaultdict
@@ -20,6 +22,10 @@ from typing import Any
 from normfree.train.speedrun import RESULT_KEYS, get_recipe
 
 HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("nf_vs_bn_summarize", HERE.parent / "cifar10_nf_vs_bn" / "summarize.py")
+assert _spec is not None and _spec.loader is not None
+nf_vs_bn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nf_vs_bn)  # its list of the runs that stopped
 
 
 def recipe_label(result: dict[str, Any]) -> str:
@@ -72,7 +78,13 @@ def main() -> None:
         lines.append(f"| {table} | {cell} | {rows[0]['recipe']} | {len(rows)} | "
                      f"{_mean_std([r['top1'] for r in rows])} | {_mean_std([r['top1_tta'] for r in rows])} | "
                      f"{rows[0]['train_pflop']:.4f} | {_mean_std([r['wall_s'] for r in rows])} | {rows[0]['device']} |")
-    lines += ["", "## Commands", ""] + [f"- `{cmd}`" for *_, cmd in found if cmd]
+    if failed := nf_vs_bn.stopped(Path(args.exp)):
+        lines += ["", nf_vs_bn.stopped_table(failed)]
+    commands = [cmd for *_, cmd in found if cmd]
+    for r in failed:
+        cmd = Path(args.exp) / r["table"] / r["cell"] / f"s{r['seed']}" / "command.txt"
+        commands += [cmd.read_text().strip()] if cmd.exists() else []
+    lines += ["", "## Commands", ""] + [f"- `{cmd}`" for cmd in commands]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print(f"{len(found)} runs -> {out / 'results.csv'}, {out / 'results.md'}")
 
