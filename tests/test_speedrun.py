@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,27 @@ def test_data_init_standardizes_every_preactivation_and_fixes_the_maxpool_shift(
     assert max(held_out.sq_mean) < 0.1 and all(0.5 < v < 2 for v in held_out.var)
     with pytest.raises(ValueError):
         normfree.create_model("bn_cifar_airbench94", **TINY).init_from_data(x)
+
+
+def test_residual_groups_merge_as_nf_resnets_and_the_data_init_follows_the_forward():
+    x = _images(128)
+    model = normfree.create_model("nf_cifar_speedrun", alpha=0.3, **TINY)
+    model.whiten.fit(x)
+    model.init_from_data(x)
+    # the data init must propagate through the merge: on its batch, every group's pooled conv1 output
+    # (computed by the real forward) is standardized; propagating the plain path instead breaks groups 2-3
+    pooled = signal_propagation(model, x, blocks=["groups.*.pool"])
+    np.testing.assert_allclose(pooled.sq_mean, 0.0, atol=1e-8)
+    np.testing.assert_allclose(pooled.var, 1.0, rtol=1e-4)
+    assert model.preactivation_points()[1] == "groups.*.merge"
+    g, h_in = model.groups[0], model.act0(model.whiten(x[:4]))
+    h = g.pool(g.conv1(h_in))
+    by_hand = g.act2((h + 0.3 * g.conv2(g.act1(h))) / math.sqrt(1 + 0.09))  # h + α·f(h), over β
+    torch.testing.assert_close(g(h_in), by_hand)
+    with pytest.raises(ValueError):
+        normfree.create_model("bn_cifar_airbench94", alpha=0.3, **TINY)
+    with pytest.raises(ValueError):
+        normfree.create_model("nf_cifar_speedrun", alpha=-1.0, **TINY)
 
 
 def test_same_seed_same_weights_and_outputs():

@@ -29,6 +29,7 @@ both computed once before training. SPPs of both nets: docs/speedrun.md.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -89,11 +90,30 @@ def _dirac_(weight: torch.Tensor) -> None:
         nn.init.dirac_(weight[: weight.shape[1]])
 
 
+class BranchSum(nn.Module):
+    """``(skip + α·branch) / √(1 + α²)``: an NF-ResNet residual merge, unit variance out for independent
+    unit-variance inputs."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha, self.beta = float(alpha), math.sqrt(1 + alpha * alpha)
+
+    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        return (skip + self.alpha * branch) / self.beta
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}"
+
+
 class ConvGroup(nn.Module):
-    """``conv1 → pool → [norm1] → act1 → conv2 → [norm2] → act2`` (attributes in forward order)."""
+    """``conv1 → pool → [norm1] → act1 → conv2 → [norm2] → act2`` (attributes in forward order).
+
+    With ``alpha > 0`` (normalizer-free only) the second conv is a residual branch: ``act2`` sees
+    :class:`BranchSum` of the pooled ``conv1`` output and ``conv2``'s, so a change of ``conv2`` moves
+    the signal by α-scaled amounts instead of replacing it."""
 
     def __init__(self, in_ch: int, out_ch: int, normalizer_free: bool, bn_momentum: float,
-                 bn_eps: float, dirac: bool) -> None:
+                 bn_eps: float, dirac: bool, alpha: float = 0.0) -> None:
         super().__init__()
         if normalizer_free:
             self.conv1: nn.Conv2d = ScaledStdConv2d(in_ch, out_ch, 3, padding="symmetric", bias=True)
@@ -108,15 +128,21 @@ class ConvGroup(nn.Module):
             self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.norm2 = None if normalizer_free else _batch_norm(out_ch, bn_momentum, bn_eps)
         self.act2 = GammaAct("gelu_exact", gamma=None if normalizer_free else 1.0)
+        self.merge = BranchSum(alpha) if alpha > 0 else None
         if dirac:
             _dirac_(self.conv1.weight)
             _dirac_(self.conv2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.conv1(x))
-        x = self.act1(self.norm1(x) if self.norm1 is not None else x)
-        x = self.conv2(x)
-        return self.act2(self.norm2(x) if self.norm2 is not None else x)
+        h = self.pool(self.conv1(x))
+        if self.norm1 is not None:
+            h = self.norm1(h)
+        x = self.conv2(self.act1(h))
+        return self.tail(h, self.norm2(x) if self.norm2 is not None else x)
+
+    def tail(self, h: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """``act2`` of the second conv's (normalized) output, or of its merge with ``h``."""
+        return self.act2(self.merge(h, branch) if self.merge is not None else branch)
 
 
 def _batch_norm(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:
@@ -134,10 +160,13 @@ class SpeedrunNet(nn.Module):
     def __init__(self, normalizer_free: bool, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256),
                  in_chans: int = 3, whiten_kernel: int = 2, whiten_eps: float = 5e-4,
                  scaling_factor: float = 1 / 9, bn_momentum: float = 0.6, bn_eps: float = 1e-12,
-                 dirac: bool = True) -> None:
+                 dirac: bool = True, alpha: float = 0.0) -> None:
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
             raise ModelSpecError(f"widths must be three positive channel counts, got {tuple(widths)}")
+        if alpha < 0 or (alpha > 0 and not normalizer_free):
+            raise ModelSpecError(f"alpha (the residual branch gain) must be >= 0 and is for the normalizer-free "
+                                 f"net only, got {alpha}")
         if num_classes < 1:
             raise ModelSpecError(f"num_classes must be at least 1, got {num_classes}")
         self.normalizer_free = normalizer_free
@@ -145,7 +174,7 @@ class SpeedrunNet(nn.Module):
         self.act0 = GammaAct("gelu_exact", gamma=1.0)  # whitened input has unit variance already
         chans = [self.whiten.out_channels, *widths]
         self.groups = nn.Sequential(*[ConvGroup(chans[i], chans[i + 1], normalizer_free, bn_momentum,
-                                                bn_eps, dirac) for i in range(3)])
+                                                bn_eps, dirac, alpha) for i in range(3)])
         self.pool = nn.MaxPool2d(3)
         self.fc = nn.Linear(widths[-1], num_classes, bias=False)
         self.scaling_factor = float(scaling_factor)
@@ -170,7 +199,9 @@ class SpeedrunNet(nn.Module):
     def preactivation_points(self) -> list[str]:
         """Module-name patterns whose outputs are the signal entering each GELU of the conv groups,
         for :func:`normfree.analysis.signal_propagation` (``blocks=``)."""
-        return ["groups.*.pool", "groups.*.conv2"] if self.normalizer_free else ["groups.*.norm*"]
+        if not self.normalizer_free:
+            return ["groups.*.norm*"]
+        return ["groups.*.pool", "groups.*.merge" if self.groups[0].merge is not None else "groups.*.conv2"]
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor) -> None:
@@ -182,8 +213,8 @@ class SpeedrunNet(nn.Module):
             raise ModelSpecError("init_from_data is for the normalizer-free net (BN needs no init pass)")
         x = self.act0(self.whiten(images))
         for g in self.groups:
-            x = g.act1(_standardize_into(g.conv1, g.pool(g.conv1(x))))
-            x = g.act2(_standardize_into(g.conv2, g.conv2(x)))
+            h = _standardize_into(g.conv1, g.pool(g.conv1(x)))
+            x = g.tail(h, _standardize_into(g.conv2, g.conv2(g.act1(h))))
 
 
 def _standardize_into(conv: ScaledStdConv2d, out: torch.Tensor) -> torch.Tensor:
@@ -206,9 +237,11 @@ def bn_cifar_airbench94(num_classes: int = 10, widths: Sequence[int] = (64, 256,
 
 def nf_cifar_speedrun(num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), in_chans: int = 3,
                       whiten_eps: float = 5e-4, scaling_factor: float = 1 / 9,
-                      dirac: bool = True) -> SpeedrunNet:
-    """The normalizer-free speedrun network (airbench94 topology, Scaled WS, γ-GELU, no BN)."""
-    return SpeedrunNet(True, num_classes, widths, in_chans, 2, whiten_eps, scaling_factor, dirac=dirac)
+                      dirac: bool = True, alpha: float = 0.0) -> SpeedrunNet:
+    """The normalizer-free speedrun network (airbench94 topology, Scaled WS, γ-GELU, no BN); ``alpha > 0``
+    makes each group's second conv a residual branch of that gain (:class:`ConvGroup`)."""
+    return SpeedrunNet(True, num_classes, widths, in_chans, 2, whiten_eps, scaling_factor, dirac=dirac,
+                       alpha=alpha)
 
 
 def _register() -> None:
