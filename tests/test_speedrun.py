@@ -219,7 +219,9 @@ def test_flops_are_six_macs_per_image_plus_init(tmp_path):
     assert training_flops(10, 7, 3) == 6 * 10 * 7 + 2 * 3
     data = load_cifar(f"npz:{_npz_dir(tmp_path)}", torch.device("cpu"))
     r = _tiny_recipe(epochs=1)
-    row = train(r, data, 0, "cpu", log=lambda s: None)
+    calls: list[tuple[int, float]] = []
+    row = train(r, data, 0, "cpu", log=lambda s: None, on_step=lambda i, m, loss: calls.append((i, loss)))
+    assert [i for i, _ in calls] == [1, 2, 3] and all(1.0 < loss < 5.0 for _, loss in calls)  # mean, not summed
     model = normfree.create_model("nf_cifar_speedrun", **TINY)
     macs = count_macs(model, 32, exact=True)
     steps = 192 // 64

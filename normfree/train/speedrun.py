@@ -291,13 +291,15 @@ def _sync(device: torch.device) -> None:
 
 def train(recipe: SpeedrunRecipe, data: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
           seed: int = 0, device: torch.device | str = "cpu", out_dir: str | Path | None = None,
-          log: Callable[[str], None] = print, eval_every: int = 0) -> dict[str, Any]:
+          log: Callable[[str], None] = print, eval_every: int = 0,
+          on_step: Callable[[int, SpeedrunNet, float], None] | None = None) -> dict[str, Any]:
     """Train one seed of ``recipe`` on ``data`` (from :func:`load_cifar`); return the results row.
 
     With ``out_dir`` a checkpoint is written after every epoch and an interrupted run continues from
     it (the same batches, the same result); a finished run writes ``result.json`` there.
     ``wall_s`` counts setup (whitening, init), training and the final evaluation, as airbench's
-    timer; per-epoch evaluations (``eval_every``) are progress only and not timed.
+    timer; per-epoch evaluations (``eval_every``) are progress only and not timed. ``on_step(step,
+    model, mean_loss)`` runs after every optimizer step (diagnostics: signal propagation while training).
     """
     device = torch.device(device)
     (x_train, y_train), (x_test, y_test) = data
@@ -354,6 +356,8 @@ def train(recipe: SpeedrunRecipe, data: tuple[tuple[torch.Tensor, torch.Tensor],
                 clip_grad_agc_(agc, clip=recipe.agc_clip * len(y))
             optimizer.step()
             step += 1
+            if on_step is not None:
+                on_step(step, model, float(loss.detach()) / len(y))
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
