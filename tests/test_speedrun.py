@@ -354,3 +354,25 @@ def test_data_shards_round_trip(tmp_path):
         a, b = np.load(src / f"{split}.npz"), np.load(tmp_path / "joined" / f"{split}.npz")
         np.testing.assert_array_equal(a["x"], b["x"])
         np.testing.assert_array_equal(a["y"], b["y"])
+
+
+def test_committed_plan_names_only_known_settings(tmp_path):
+    """A typo in benchmarks/speedrun/plan.yaml fails here, not hours into a lane."""
+    import importlib.util
+
+    import yaml
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("speedrun_lanes", root / "benchmarks/speedrun/lanes.py")
+    lanes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lanes)
+    plan = yaml.safe_load((root / "benchmarks/speedrun/plan.yaml").read_text())
+    runs = lanes.runs(plan, tmp_path)
+    assert len({r["dir"] for r in runs}) == len(runs) > 20  # every run has its own folder
+    for r in runs:
+        values = {k: v for k, v in r["values"].items() if k not in ("train_subset", "test_subset")}
+        recipe = get_recipe(r["recipe"]).replace(**values)  # unknown keys raise ConfigError
+        if "model_kwargs" in values:
+            normfree.create_model(recipe.model, **{**recipe.model_kwargs, "widths": (8, 16, 16)})
+    nf_headline = [r for r in runs if r["table"] == "headline" and r["name"] == "nf"]
+    assert nf_headline and all(r["values"]["lr"] == 2.875 for r in nf_headline)  # the anchor merged
