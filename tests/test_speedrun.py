@@ -213,6 +213,9 @@ def test_schedule_lookahead_and_optimizer_groups():
     frozen = build_optimizer(nf, get_recipe("nf_speedrun").replace(gain_lr_scale=0.0)).param_groups
     in_groups = {id(p) for g in frozen for p in g["params"]}
     assert len(frozen) == 2 and all(not p.requires_grad and id(p) not in in_groups for p in nf.gain_parameters())
+    for bad in ({"gain_lr_scale": -1.0}, {"bias_lr_scale": 0.0}):
+        with pytest.raises(ConfigError, match="lr_scale"):
+            build_optimizer(nf, get_recipe("nf_speedrun").replace(**bad))
 
 
 def test_flops_are_six_macs_per_image_plus_init(tmp_path):

@@ -200,6 +200,9 @@ def build_optimizer(model: SpeedrunNet, recipe: SpeedrunRecipe) -> torch.optim.S
     kilostep = 1024 * (1 + 1 / (1 - recipe.momentum))
     lr = recipe.lr / kilostep
     decay = recipe.weight_decay * recipe.batch_size / kilostep  # per step, at lr multiplier 1
+    if recipe.gain_lr_scale < 0 or recipe.bias_lr_scale <= 0:
+        raise ConfigError(f"gain_lr_scale must be >= 0 (0 freezes the gains) and bias_lr_scale > 0, got "
+                          f"{recipe.gain_lr_scale} and {recipe.bias_lr_scale}")
     biases = model.bias_parameters()
     gains = model.gain_parameters()
     special = {id(p) for p in [*biases, *gains]}
