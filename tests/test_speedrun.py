@@ -213,6 +213,8 @@ def test_schedule_lookahead_and_optimizer_groups():
     frozen = build_optimizer(nf, get_recipe("nf_speedrun").replace(gain_lr_scale=0.0)).param_groups
     in_groups = {id(p) for g in frozen for p in g["params"]}
     assert len(frozen) == 2 and all(not p.requires_grad and id(p) not in in_groups for p in nf.gain_parameters())
+    frozen_wd = build_optimizer(nf, get_recipe("nf_speedrun").replace(gain_lr_scale=0.0, gain_weight_decay=True))
+    assert len(frozen_wd.param_groups) == 2  # frozen wins over decay (and no division by the 0 lr)
     for bad in ({"gain_lr_scale": -1.0}, {"bias_lr_scale": 0.0}):
         with pytest.raises(ConfigError, match="lr_scale"):
             build_optimizer(nf, get_recipe("nf_speedrun").replace(**bad))

@@ -215,11 +215,12 @@ def build_optimizer(model: SpeedrunNet, recipe: SpeedrunRecipe) -> torch.optim.S
     def group(params: list[nn.Parameter], scale: float, decayed: bool = True) -> dict[str, Any]:
         return {"params": params, "lr": lr * scale, "weight_decay": decay / (lr * scale) if decayed else 0.0}
 
-    groups = [group(biases, recipe.bias_lr_scale), group(others, 1.0),
-              group(gains, recipe.gain_lr_scale, recipe.gain_weight_decay)]
+    specs = [(biases, recipe.bias_lr_scale, True), (others, 1.0, True),
+             (gains, recipe.gain_lr_scale, recipe.gain_weight_decay)]
+    groups = [group(*spec) for spec in specs if spec[0]]  # frozen gains: no group, no 0-lr division
     for g in groups:
         g["base_lr"] = g["lr"]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=recipe.momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True)
 
 
 # -------------------------------------------------------------------------------------- evaluation
