@@ -138,7 +138,7 @@ def stopped(exp: Path = EXP) -> list[dict[str, Any]]:
         reason = errors[-1].split("error:", 1)[1].split(";")[0].strip() if errors else f"exit {mark.read_text().strip()}"
         table, *rest = run.relative_to(exp).parts
         cell, seed = rest[0].rsplit("_s", 1) if len(rest) == 1 else (rest[0], rest[1][1:])
-        out.append({"table": table, "cell": cell, "seed": int(seed), "reason": reason})
+        out.append({"table": table, "cell": cell, "seed": int(seed), "reason": reason, "dir": run})
     return out
 
 

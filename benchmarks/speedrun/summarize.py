@@ -81,9 +81,7 @@ def main() -> None:
     if failed := nf_vs_bn.stopped(Path(args.exp)):
         lines += ["", nf_vs_bn.stopped_table(failed)]
     commands = [cmd for *_, cmd in found if cmd]
-    for r in failed:
-        cmd = Path(args.exp) / r["table"] / r["cell"] / f"s{r['seed']}" / "command.txt"
-        commands += [cmd.read_text().strip()] if cmd.exists() else []
+    commands += [(r["dir"] / "command.txt").read_text().strip() for r in failed if (r["dir"] / "command.txt").exists()]
     lines += ["", "## Commands", ""] + [f"- `{cmd}`" for cmd in commands]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print(f"{len(found)} runs -> {out / 'results.csv'}, {out / 'results.md'}")
