@@ -156,6 +156,9 @@ def test_engines_agree(tmp_path):
     ({"mixup": 0.2}, "mixup"),
     ({"noise_multiplier": 0.0}, "--epsilon"),
     ({"epsilon": 8.0}, "not both"),
+    ({"noise_multiplier": -1.0}, r"noise_multiplier must be > 0 \(got -1.0\)"),
+    ({"noise_multiplier": 0.0, "epsilon": -1.0}, r"epsilon must be > 0 \(got -1.0\)"),
+    ({"noise_multiplier": 0.0, "epsilon": float("nan")}, "epsilon must be > 0"),
     ({"accountant": "gdpx"}, "accountant"),
     ({"accum_steps": 2}, "dp-physical-batch"),
 ])

@@ -14,6 +14,7 @@ cryptographically secure (Opacus's ``secure_mode`` is the tool for production re
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +40,12 @@ SETTINGS = ("noise_multiplier", "max_grad_norm", "sample_rate", "delta", "accoun
 def check_config(cfg: TrainConfig, world: int = 1) -> None:
     """Refuse settings that would break the guarantee or the accounting, with the reason."""
     checks = [
-        (cfg.epsilon > 0 or cfg.noise_multiplier > 0, "give --epsilon (the noise is then calibrated) or "
+        (math.isfinite(cfg.epsilon) and cfg.epsilon >= 0, f"epsilon must be > 0 (got {cfg.epsilon})"),
+        (math.isfinite(cfg.noise_multiplier) and cfg.noise_multiplier >= 0,
+         f"noise_multiplier must be > 0 (got {cfg.noise_multiplier})"),
+        (cfg.epsilon != 0 or cfg.noise_multiplier != 0, "give --epsilon (the noise is then calibrated) or "
          "--noise-multiplier"),
-        (not (cfg.epsilon > 0 and cfg.noise_multiplier > 0), "give --epsilon or --noise-multiplier, not both"),
+        (cfg.epsilon == 0 or cfg.noise_multiplier == 0, "give --epsilon or --noise-multiplier, not both"),
         (0 < cfg.delta < 1, "delta must be in (0, 1)"), (cfg.max_grad_norm > 0, "max_grad_norm must be > 0"),
         (cfg.augmult >= 1, "augmult must be >= 1"), (cfg.dp_physical_batch >= 1, "dp_physical_batch must be >= 1"),
         (cfg.accountant in ACCOUNTANTS, f"accountant must be one of {', '.join(ACCOUNTANTS)}"),
