@@ -73,6 +73,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["npz_chan"] = _npz(root / "chan", (_images(32), labels), (_images(32, c=1), labels))
     f["npz_dtype"] = _npz(root / "dtype", (_images(32).astype(np.float32), labels))
     f["npz_many"] = _npz(root / "many", (_images(32), np.arange(32) % 10))
+    f["npz_32px"] = _npz(root / "px32", (_images(32, size=32), np.arange(32) % 10))
     trunc = root / "trunc"
     trunc.mkdir()
     for split in ("train", "test"):
@@ -308,6 +309,33 @@ CLI_CASES = [
                                 "{a_file}/cmp", "-b", "16"], "regular_file is a file"),
     ("compare-into-old-comparison", ["compare", "nf_cifar_resnet20", "--data", "synthetic", "--out-dir",
                                      "{comparison}", "-b", "16"], "already holds a comparison"),
+    # ---- speedrun -----------------------------------------------------------------------------------
+    ("speedrun-no-data", ["speedrun"], "--data is required"),
+    ("speedrun-seeds-0", ["speedrun", "--data", "npz:{npz_32px}", "--seeds", "0"], "--seeds = 0"),
+    ("speedrun-threads-negative", ["speedrun", "--data", "npz:{npz_32px}", "--threads", "-1"], "--threads = -1"),
+    ("speedrun-subset-negative", ["speedrun", "--data", "npz:{npz_32px}", "--train-subset", "-1"],
+     "--train-subset = -1"),
+    ("speedrun-device-bogus", ["speedrun", "--data", "npz:{npz_32px}", "--device", "tpu"], "--device = 'tpu'"),
+    ("speedrun-recipe-unknown", ["speedrun", "--data", "npz:{npz_32px}", "--recipe", "nf_fast"], "'nf_fast'"),
+    ("speedrun-set-unknown", ["speedrun", "--data", "npz:{npz_32px}", "--set", "ema=0.9"],
+     "unknown speedrun setting(s) ['ema']"),
+    ("speedrun-set-no-value", ["speedrun", "--data", "npz:{npz_32px}", "--set", "agc_clip"], "bad --set 'agc_clip'"),
+    ("speedrun-set-batch-0", ["speedrun", "--data", "npz:{npz_32px}", "--set", "batch_size=0"],
+     "speedrun setting batch_size = 0: must be an integer >= 1"),
+    ("speedrun-epochs-0", ["speedrun", "--data", "npz:{npz_32px}", "--epochs", "0"], "speedrun setting epochs = 0"),
+    ("speedrun-set-lr-text", ["speedrun", "--data", "npz:{npz_32px}", "--set", "lr=fast"],
+     "speedrun setting lr = 'fast'"),
+    ("speedrun-set-lookahead-0", ["speedrun", "--data", "npz:{npz_32px}", "--set", "lookahead_every=0"],
+     "speedrun setting lookahead_every = 0"),
+    ("speedrun-set-tta-3", ["speedrun", "--data", "npz:{npz_32px}", "--set", "tta_level=3"],
+     "speedrun setting tta_level = 3"),
+    ("speedrun-set-flip-text", ["speedrun", "--data", "npz:{npz_32px}", "--set", "flip=sometimes"],
+     "speedrun setting flip = 'sometimes'"),
+    ("speedrun-set-kwargs-number", ["speedrun", "--data", "npz:{npz_32px}", "--set", "model_kwargs=3"],
+     "speedrun setting model_kwargs = 3"),
+    ("speedrun-data-8px", ["speedrun", "--data", "npz:{npz_good}"], "needs 32×32 RGB"),
+    ("speedrun-batch-above-data", ["speedrun", "--data", "npz:{npz_32px}"], "32 training images is fewer than "
+     "one batch of 1024"),
     # ---- bench --------------------------------------------------------------------------------------
     ("bench-batch-0", ["bench", "nf_cifar_resnet20", "--batch-size", "0"], "--batch-size = 0"),
     ("bench-size-0", ["bench", "nf_cifar_resnet20", "--image-size", "0"], "--image-size = 0"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import math
 
@@ -215,9 +216,27 @@ def test_schedule_lookahead_and_optimizer_groups():
     assert len(frozen) == 2 and all(not p.requires_grad and id(p) not in in_groups for p in nf.gain_parameters())
     frozen_wd = build_optimizer(nf, get_recipe("nf_speedrun").replace(gain_lr_scale=0.0, gain_weight_decay=True))
     assert len(frozen_wd.param_groups) == 2  # frozen wins over decay (and no division by the 0 lr)
-    for bad in ({"gain_lr_scale": -1.0}, {"bias_lr_scale": 0.0}):
-        with pytest.raises(ConfigError, match="lr_scale"):
-            build_optimizer(nf, get_recipe("nf_speedrun").replace(**bad))
+
+
+@pytest.mark.parametrize("setting, value, needle", [
+    ("gain_lr_scale", -1.0, ">= 0"), ("bias_lr_scale", 0.0, "> 0"), ("epochs", 0, "> 0"),
+    ("batch_size", 0, "an integer >= 1"), ("batch_size", 2.5, "an integer"), ("lr", float("nan"), "finite"),
+    ("momentum", 1.0, "< 1"), ("label_smoothing", 1.0, "< 1"), ("lookahead_every", 0, ">= 1"),
+    ("lookahead_decay", 1.5, "<= 1"), ("tta_level", 3, "<= 2"), ("translate", -1, ">= 0"),
+    ("data_init_images", -1, ">= 0"), ("agc_clip", -0.01, ">= 0"), ("flip", "yes", "true or false"),
+    ("model_kwargs", [1], "a mapping"), ("net", "gn", "bn or nf"),
+])
+def test_recipe_refuses_bad_settings_naming_them(setting, value, needle):
+    with pytest.raises(ConfigError, match=re.escape(f"speedrun setting {setting} = {value!r}: must be") + ".*"
+                       + re.escape(needle)):
+        get_recipe("nf_speedrun").replace(**{setting: value})
+
+
+def test_recipe_edges_and_conversions_are_accepted():
+    r = get_recipe("airbench94").replace(gain_lr_scale=0, epochs=1, batch_size=64.0, tta_level=0, lr_peak_at=1,
+                                         lookahead_decay=0, label_smoothing=0, translate=0)
+    assert r.batch_size == 64 and isinstance(r.batch_size, int) and r.epochs == 1.0
+    assert r.replace(lr="0.5").lr == 0.5  # a number written as text (YAML, --set) is a number
 
 
 def test_flops_are_six_macs_per_image_plus_init(tmp_path):

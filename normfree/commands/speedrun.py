@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..checks import NONNEGATIVE_INT, POSITIVE_INT, check_number, require_device
 from ..errors import ConfigError
 from ..registry import literal_or_word
 from .options import add_batch_size, add_data, add_flag, add_out_dir
@@ -36,6 +37,9 @@ def _run(args: argparse.Namespace) -> None:
         return
     if not args.data:
         raise ConfigError("--data is required (npz:DIR with train.npz/test.npz, or cifar10:DIR)")
+    check_number("--seeds", args.seeds, POSITIVE_INT)
+    for option in ("seed", "eval_every", "train_subset", "test_subset", "threads"):
+        check_number("--" + option.replace("_", "-"), getattr(args, option), NONNEGATIVE_INT)
     recipe = get_recipe(args.recipe)
     changes = parse_settings(args.set)
     if args.epochs is not None:
@@ -45,7 +49,7 @@ def _run(args: argparse.Namespace) -> None:
     recipe = recipe.replace(**changes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = resolve_device(require_device("--device", args.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = load_cifar(args.data, device, args.train_subset, args.test_subset)

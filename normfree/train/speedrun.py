@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Domain, check_number
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.speedrun import SpeedrunNet
 from ..profile import count_macs
@@ -85,16 +86,40 @@ class SpeedrunRecipe:
     gain_lr_scale: float = 1.0     # NF: WS gains (0: frozen after the data init, as BN's scale)
     gain_weight_decay: bool = False  # NF: decay the WS gains too
 
+    def __post_init__(self) -> None:
+        """Check every setting against :data:`RECIPE_DOMAINS`, so a bad ``--set`` fails before the data
+        loads with one line naming it, not as a division by zero or a NaN loss mid-run."""
+        for name, domain in RECIPE_DOMAINS.items():
+            object.__setattr__(self, name, check_number(f"speedrun setting {name}", getattr(self, name), domain))
+        for name in ("flip", "gain_weight_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"speedrun setting {name} = {getattr(self, name)!r}: must be true or false")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"speedrun setting model_kwargs = {self.model_kwargs!r}: must be a mapping, "
+                              "e.g. --set \"model_kwargs={'alpha': 0.3}\"")
+        if self.net not in ("bn", "nf"):
+            raise ConfigError(f"speedrun setting net = {self.net!r}: must be bn or nf")
+
     def replace(self, **changes: Any) -> SpeedrunRecipe:
         """A copy with ``changes``; unknown keys raise :class:`ConfigError`."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ConfigError(f"unknown speedrun setting(s) {unknown}; known: {', '.join(sorted(known))}")
-        if "model_kwargs" in changes:
+        if isinstance(changes.get("model_kwargs"), dict):
             changes["model_kwargs"] = {**self.model_kwargs, **changes["model_kwargs"]}
         return dataclasses.replace(self, **changes)
 
+
+RECIPE_DOMAINS: dict[str, Domain] = {
+    "epochs": POSITIVE, "batch_size": POSITIVE_INT, "lr": POSITIVE, "momentum": FRACTION,
+    "weight_decay": NONNEGATIVE, "bias_lr_scale": POSITIVE, "label_smoothing": FRACTION,
+    "whiten_images": POSITIVE_INT, "whiten_bias_epochs": NONNEGATIVE_INT, "translate": NONNEGATIVE_INT,
+    "lr_start": NONNEGATIVE, "lr_peak_at": Domain(low=0, high=1), "lr_end": NONNEGATIVE,
+    "lookahead_every": POSITIVE_INT, "lookahead_decay": Domain(low=0, high=1),
+    "tta_level": Domain(integer=True, low=0, high=2), "data_init_images": NONNEGATIVE_INT,
+    "agc_clip": NONNEGATIVE, "gain_lr_scale": NONNEGATIVE,  # gain_lr_scale 0 freezes the gains
+}
 
 RECIPES: dict[str, SpeedrunRecipe] = {r.name: r for r in (
     SpeedrunRecipe("airbench94", "bn_cifar_airbench94", "bn",
@@ -200,9 +225,6 @@ def build_optimizer(model: SpeedrunNet, recipe: SpeedrunRecipe) -> torch.optim.S
     kilostep = 1024 * (1 + 1 / (1 - recipe.momentum))
     lr = recipe.lr / kilostep
     decay = recipe.weight_decay * recipe.batch_size / kilostep  # per step, at lr multiplier 1
-    if recipe.gain_lr_scale < 0 or recipe.bias_lr_scale <= 0:
-        raise ConfigError(f"gain_lr_scale must be >= 0 (0 freezes the gains) and bias_lr_scale > 0, got "
-                          f"{recipe.gain_lr_scale} and {recipe.bias_lr_scale}")
     biases = model.bias_parameters()
     gains = model.gain_parameters()
     special = {id(p) for p in [*biases, *gains]}
