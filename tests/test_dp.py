@@ -159,6 +159,7 @@ def test_engines_agree(tmp_path):
     ({"noise_multiplier": -1.0}, r"noise_multiplier must be > 0 \(got -1.0\)"),
     ({"noise_multiplier": 0.0, "epsilon": -1.0}, r"epsilon must be > 0 \(got -1.0\)"),
     ({"noise_multiplier": 0.0, "epsilon": float("nan")}, "epsilon must be > 0"),
+    ({"noise_multiplier": 0.0, "epsilon": 1e-9}, "--epsilon 1e-09 cannot be reached"),
     ({"accountant": "gdpx"}, "accountant"),
     ({"accum_steps": 2}, "dp-physical-batch"),
 ])

@@ -193,6 +193,9 @@ CLI_CASES = [
     ("train-divergence-bogus", train("--divergence", "maybe"), "divergence (--divergence) = 'maybe'"),
     ("train-divergence-factor-1", train("--divergence-factor", "1"), "divergence_factor (--divergence-factor) = 1"),
     ("train-bool-text", train("--augment", "maybe"), "expected true/false, got 'maybe'"),
+    ("train-init-bogus", train("--init", "lsuv"), "init must be one of default, auto, gradinit, autoinit"),
+    ("train-init-option-text", train("--init", "gradinit:iters=many"), "--init gradinit:iters = 'many'"),
+    ("train-dp-epsilon-negative", train("--dp", "--epsilon", "-1"), "epsilon must be > 0 (got -1.0)"),
     # ---- train: models --------------------------------------------------------------------------
     ("train-model-unknown", train("--model", "nf_cifar_resnet21"), "'nf_cifar_resnet21'"),
     ("train-model-kwargs-not-json", train("--model-kwargs", "width=2"), "'width=2'"),
@@ -301,6 +304,8 @@ CLI_CASES = [
                           "--epochs", "0"], "epochs (--epochs) = 0"),
     ("compare-lr-nan", ["compare", "nf_cifar_resnet20", "--data", "synthetic", "--out-dir", "{root}/cmp",
                         "--lr", "nan"], "lr (--lr) = nan"),
+    ("compare-init-bogus", ["compare", "nf_cifar_resnet20", "--data", "synthetic", "--out-dir", "{root}/cmp",
+                            "--init", "lsuv"], "init must be one of"),
     ("compare-data-bogus", ["compare", "nf_cifar_resnet20", "--data", "imagenet", "--out-dir", "{root}/cmp"],
      "unknown data spec 'imagenet'"),
     ("compare-model-unknown", ["compare", "nf_cifar_resnet2O", "--data", "synthetic", "--out-dir", "{root}/cmp"],

@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from normfree.init import autoinit, gradinit
 from normfree.init.gradinit import first_step
 from normfree.layers import GAMMAS, get_activation
 from normfree.layers.proxynorm import GroupProxyNormAct, LayerProxyNormAct, gaussian_quantiles
+from normfree.train.config import TrainConfig
 from normfree.train.init import parse_init
 from test_train_loop import one_thread  # noqa: F401  (autouse: one intra-op thread for these tiny tensors)
 
@@ -234,6 +236,11 @@ def test_gradinit_stops_when_data_runs_out_and_rejects_bad_options():
     assert gradinit(model, toy_data(3), "sgd", iters=5, logger=lambda s: None).iterations == 1
     with pytest.raises(ConfigError):
         gradinit(model, toy_data(2), "lamb")
+    for bad, needle in [({"iters": 0}, "GradInit iters = 0"), ({"iters": "x"}, "GradInit iters = 'x'"),
+                        ({"min_scale": 0}, "GradInit min_scale = 0"), ({"eta": -1.0}, "GradInit eta = -1.0"),
+                        ({"grad_bound": 0}, "GradInit grad_bound = 0"), ({"lr": float("inf")}, "GradInit lr = inf")]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            gradinit(model, toy_data(2), "sgd", **bad)
 
 
 # ---- selection from the trainer ------------------------------------------------------------------
@@ -243,9 +250,25 @@ def test_parse_init_resolves_auto_from_the_baseline():
     assert parse_init("auto", "bn_cifar_resnet20") == ("default", {})
     assert parse_init("gradinit:iters=3,optimizer=adam", "nf_cifar_resnet20") == (
         "gradinit", {"iters": 3, "optimizer": "adam"})
+    assert parse_init("gradinit:min_scale=1,batch=8.0", "x")[1] == {"min_scale": 1.0, "batch": 8}
     for bad in ("lsuv", "autoinit:iters=3", "gradinit:steps=3"):
         with pytest.raises(ConfigError):
             parse_init(bad, "nf_cifar_resnet20")
+    for bad, needle in [("iters=abc", "iters = 'abc': must be an integer >= 1"), ("iters=0", "iters = 0"),
+                        ("min_scale=2", "min_scale = 2: must be a finite number > 0 and <= 1"),
+                        ("lr=-1", "lr = -1"), ("eta=0", "eta = 0"), ("grad_bound=nan", "grad_bound = 'nan'"),
+                        ("batch=0", "batch = 0"), ("optimizer=lamb", "optimizer = 'lamb'")]:
+        with pytest.raises(ConfigError, match=re.escape(f"--init gradinit:{needle}")):
+            parse_init(f"gradinit:{bad}", "nf_cifar_resnet20")
+
+
+def test_train_config_checks_the_init_before_any_work():
+    with pytest.raises(ConfigError, match="init must be one of"):
+        TrainConfig(init="lsuv")
+    with pytest.raises(ConfigError, match="init .* must be a non-empty string"):
+        TrainConfig(init=3)
+    with pytest.raises(ConfigError, match=re.escape("--init gradinit:iters = -2")):
+        TrainConfig(init="gradinit:iters=-2")
 
 
 @pytest.mark.parametrize("init", ["gradinit:iters=2,batch=16", "autoinit"])

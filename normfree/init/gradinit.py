@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..checks import POSITIVE, POSITIVE_INT, Domain, check_number
 from ..errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -68,6 +69,10 @@ def first_step(grads: Iterable[torch.Tensor], optimizer_kind: str, adam_eps: flo
     return [g / (g.abs() + adam_eps) for g in grads]
 
 
+GRADINIT_DOMAINS: dict[str, Domain] = {"iters": POSITIVE_INT, "eta": POSITIVE, "grad_bound": POSITIVE,
+                                       "lr": POSITIVE, "min_scale": Domain(low=0, low_open=True, high=1)}
+
+
 def gradinit(model: nn.Module, data: Iterable[Batch], optimizer_kind: Literal["sgd", "adam"] = "sgd", *,
              iters: int = 100, eta: float | None = None, grad_bound: float = 1.0, lr: float = 1e-2,
              min_scale: float = 1e-2, loss_fn: LossFn | None = None, log_every: int = 10,
@@ -85,8 +90,11 @@ def gradinit(model: nn.Module, data: Iterable[Batch], optimizer_kind: Literal["s
     """
     if optimizer_kind not in ("sgd", "adam"):
         raise ConfigError(f"GradInit simulates an 'sgd' or 'adam' step, not {optimizer_kind!r}")
-    if iters < 1 or grad_bound <= 0 or lr <= 0 or not 0 < min_scale <= 1:
-        raise ConfigError("GradInit needs iters >= 1, grad_bound > 0, lr > 0 and 0 < min_scale <= 1")
+    iters, grad_bound, lr, min_scale = (check_number(f"GradInit {k}", v, GRADINIT_DOMAINS[k]) for k, v in
+                                        (("iters", iters), ("grad_bound", grad_bound), ("lr", lr),
+                                         ("min_scale", min_scale)))
+    if eta is not None:
+        eta = check_number("GradInit eta", eta, GRADINIT_DOMAINS["eta"])
     eta = (0.1 if optimizer_kind == "sgd" else 1e-3) if eta is None else eta
     p = 2 if optimizer_kind == "sgd" else 1
     loss_fn = loss_fn or F.cross_entropy

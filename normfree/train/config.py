@@ -107,7 +107,7 @@ class TrainConfig:
         for name in BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{option(name)} = {getattr(self, name)!r}: must be true or false")
-        for name in ("model", "data", "out_dir"):
+        for name in ("model", "data", "out_dir", "init"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{option(name)} = {getattr(self, name)!r}: must be a non-empty string")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
@@ -116,6 +116,9 @@ class TrainConfig:
         check_choice(option("param_groups"), self.param_groups, PARAM_GROUP_KINDS)
         check_choice(option("divergence"), self.divergence, DIVERGENCE_MODES)
         check_device(option("device"), self.device)
+        from .init import parse_init  # here, not at the top: it imports the models
+
+        parse_init(self.init, self.model)
         consistency = [
             (self.min_lr <= self.lr, f"{option('min_lr')} = {self.min_lr:g} is above {option('lr')} = "
                                      f"{self.lr:g}: the schedule decays from lr down to min_lr"),

@@ -96,9 +96,14 @@ class DPSGD:
         """The σ that spends exactly ``cfg.epsilon`` over the whole schedule."""
         from opacus.accountants.utils import get_noise_multiplier
 
-        return float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta,
-                                          sample_rate=self.sample_rate, steps=steps,
-                                          accountant=cfg.accountant, epsilon_tolerance=0.005))
+        try:
+            return float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta,
+                                              sample_rate=self.sample_rate, steps=steps,
+                                              accountant=cfg.accountant, epsilon_tolerance=0.005))
+        except ValueError as err:  # Opacus: "The privacy budget is too low."
+            raise ConfigError(f"--epsilon {cfg.epsilon:g} cannot be reached at delta {cfg.delta:g} over {steps} "
+                              f"steps at sample rate {self.sample_rate:.4g} ({err}): no noise multiplier is "
+                              "large enough; raise --epsilon, or train fewer steps") from None
 
     # ---- state -------------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import POSITIVE_INT, check_choice, check_number
 from ..errors import ConfigError
 from ..init import autoinit, gradinit
+from ..init.gradinit import GRADINIT_DOMAINS
 from ..models.baselines import BASELINES
 from .data import step_generator, to_input
 
@@ -46,6 +48,13 @@ def parse_init(spec: str, model_name: str) -> tuple[str, dict[str, Any]]:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             options[key] = value
+        where = f"--init gradinit:{key}"
+        if key in GRADINIT_DOMAINS:
+            options[key] = check_number(where, options[key], GRADINIT_DOMAINS[key])
+        elif key == "batch":
+            options[key] = check_number(where, options[key], POSITIVE_INT)
+        else:
+            check_choice(where, options[key], ("sgd", "adam"))
     return kind, options
 
 
