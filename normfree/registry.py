@@ -84,6 +84,8 @@ def register_model(name: str, builder: Callable[..., nn.Module], *, fixed: dict[
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; unknown names raise :class:`ModelSpecError` with the closest
     matches."""
+    if not isinstance(name, str):
+        raise ModelSpecError(f"a model name is a string such as 'nf_resnet50', got {name!r}")
     for alias, prefix in NAME_PREFIX_ALIASES.items():
         if name.startswith(alias) and prefix + name[len(alias):] in _REGISTRY:
             name = prefix + name[len(alias):]
@@ -126,6 +128,8 @@ def create_model(name: str, *, features_only: bool = False, out_indices: Sequenc
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names in registration order, optionally filtered by a shell-style pattern
     (``"nf_resnet*"``); a pattern without wildcards matches as a substring."""
+    if pattern is not None and not isinstance(pattern, str):
+        raise ModelSpecError(f"list_models takes a name pattern such as 'nf_resnet*', got {pattern!r}")
     names = list(_REGISTRY)
     if pattern:
         pat = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"

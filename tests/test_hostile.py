@@ -23,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import normfree
 from normfree import create_model
 from normfree.analysis import diagnose, signal_propagation
 from normfree.cli import main
@@ -439,6 +440,10 @@ API_CASES = [
      "width=nan"),
     ("create-model-huge", lambda f: create_model("nf_resnet50", width=1000), ModelSpecError,
      "parameters"),
+    ("create-model-width-text", lambda f: create_model("nf_cifar_resnet20", width="half"), ModelSpecError,
+     "width must be a positive number, got 'half'"),
+    ("create-model-name-number", lambda f: create_model(3), ModelSpecError, "a model name is a string"),
+    ("list-models-pattern-number", lambda f: normfree.list_models(3), ModelSpecError, "got 3"),
     ("create-model-in-chans-0", lambda f: create_model("nf_resnet50", in_chans=0), ModelSpecError,
      "'in_chans': 0"),
     ("load-data-truncated", lambda f: load_data(f"npz:{f['npz_trunc']}", "train"), DataError, "truncated"),

@@ -228,8 +228,8 @@ def _blueprint(config: NetConfig, opts: NetOptions) -> Blueprint:
     if family.num_stages is not None and len(v.depths) != family.num_stages:
         raise ModelSpecError(f"{family.label} has {family.num_stages} stages; got widths {v.widths} and "
                              f"depths {v.depths}")
-    if opts.width <= 0:
-        raise ModelSpecError(f"width must be positive, got {opts.width}")
+    if not isinstance(opts.width, (int, float)) or isinstance(opts.width, bool) or opts.width <= 0:
+        raise ModelSpecError(f"width must be a positive number, got {opts.width!r}")
     partial = Blueprint(v, opts, opts.layer_factory(), ())
     return dataclasses.replace(partial, widths=tuple(partial.channels(w * opts.width) for w in v.widths))
 
