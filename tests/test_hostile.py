@@ -27,6 +27,7 @@ import normfree
 from normfree import create_model
 from normfree.analysis import diagnose, signal_propagation
 from normfree.cli import main
+from normfree.init import autoinit
 from normfree.errors import CheckpointError, ConfigError, DataError, ModelSpecError, NormfreeError
 from normfree.safeio import check_safetensors
 from normfree.train.checkpoint import load_checkpoint
@@ -443,6 +444,8 @@ API_CASES = [
     ("create-model-width-text", lambda f: create_model("nf_cifar_resnet20", width="half"), ModelSpecError,
      "width must be a positive number, got 'half'"),
     ("create-model-name-number", lambda f: create_model(3), ModelSpecError, "a model name is a string"),
+    ("autoinit-not-a-module", lambda f: autoinit("nf_cifar_resnet20"), ModelSpecError,
+     "AutoInit initializes an nn.Module, got str"),
     ("list-models-pattern-number", lambda f: normfree.list_models(3), ModelSpecError, "got 3"),
     ("create-model-in-chans-0", lambda f: create_model("nf_resnet50", in_chans=0), ModelSpecError,
      "'in_chans': 0"),

@@ -153,6 +153,8 @@ def autoinit(model: nn.Module, input_moments: Moments | None = None) -> AutoInit
     Returns the applied scales and the predicted per-block moments, which an SPP of the initialized
     model on Gaussian input should reproduce.
     """
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(f"AutoInit initializes an nn.Module, got {type(model).__name__}")
     x = input_moments or Moments.standard(_input_channels(model))
     report = AutoInitReport()
     walker = _Walker(model, report)
