@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Container, Iterable, Mapping
 
 from .errors import ConfigError, NormfreeError
 
@@ -65,6 +65,20 @@ def check_number(option: str, value: Any, domain: Domain, error: type[NormfreeEr
     if not ok_type or (isinstance(v, float) and not math.isfinite(v)) or not domain.contains(v):
         raise error(f"{option} = {value!r}: must be {domain.describe()}" + (f" ({why})" if why else ""))
     return int(v) if domain.integer else float(v)
+
+
+def check_fields(obj: Any, domains: Mapping[str, Domain], flags: Iterable[str], option: Callable[[str], str],
+                 optional: Container[str] = ()) -> None:
+    """Check a config dataclass's numbers against ``domains`` (storing them converted, also on a frozen
+    dataclass) and its ``flags`` are bools; ``option(name)`` is how a message names the field, and a
+    field in ``optional`` may be None."""
+    for name, domain in domains.items():
+        value = getattr(obj, name)
+        if not (value is None and name in optional):
+            object.__setattr__(obj, name, check_number(option(name), value, domain))
+    for name in flags:
+        if not isinstance(getattr(obj, name), bool):
+            raise ConfigError(f"{option(name)} = {getattr(obj, name)!r}: must be true or false")
 
 
 def check_choice(option: str, value: Any, choices: tuple[str, ...], error: type[NormfreeError] = ConfigError) -> str:

@@ -69,6 +69,7 @@ def first_step(grads: Iterable[torch.Tensor], optimizer_kind: str, adam_eps: flo
     return [g / (g.abs() + adam_eps) for g in grads]
 
 
+GRADINIT_OPTIMIZERS = ("sgd", "adam")  # the step GradInit simulates
 GRADINIT_DOMAINS: dict[str, Domain] = {"iters": POSITIVE_INT, "eta": POSITIVE, "grad_bound": POSITIVE,
                                        "lr": POSITIVE, "min_scale": Domain(low=0, low_open=True, high=1)}
 
@@ -88,7 +89,7 @@ def gradinit(model: nn.Module, data: Iterable[Batch], optimizer_kind: Literal["s
         loss_fn: ``loss_fn(logits, labels)``, default cross-entropy.
         logger: called with a progress line every ``log_every`` iterations (default: ``logging``).
     """
-    if optimizer_kind not in ("sgd", "adam"):
+    if optimizer_kind not in GRADINIT_OPTIMIZERS:
         raise ConfigError(f"GradInit simulates an 'sgd' or 'adam' step, not {optimizer_kind!r}")
     iters, grad_bound, lr, min_scale = (check_number(f"GradInit {k}", v, GRADINIT_DOMAINS[k]) for k, v in
                                         (("iters", iters), ("grad_bound", grad_bound), ("lr", lr),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Domain, check_choice, \
-    check_device, check_number
+    check_device, check_fields
 from ..errors import ConfigError
 from ..safeio import atomic_write_text, one_line
 from .optim import PARAM_GROUP_KINDS
@@ -99,14 +99,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Check every field against its domain (:data:`DOMAINS`) and the fields against each other, so
         a typo in a flag, a YAML file or a recipe fails before any work with one line naming the field."""
-        for name, domain in DOMAINS.items():
-            value = getattr(self, name)
-            if value is None and name in OPTIONAL:
-                continue
-            setattr(self, name, check_number(option(name), value, domain))
-        for name in BOOL_FIELDS:
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{option(name)} = {getattr(self, name)!r}: must be true or false")
+        check_fields(self, DOMAINS, BOOL_FIELDS, option, OPTIONAL)
         for name in ("model", "data", "out_dir", "init"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{option(name)} = {getattr(self, name)!r}: must be a non-empty string")

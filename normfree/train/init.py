@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..checks import POSITIVE_INT, check_choice, check_number
 from ..errors import ConfigError
 from ..init import autoinit, gradinit
-from ..init.gradinit import GRADINIT_DOMAINS
+from ..init.gradinit import GRADINIT_DOMAINS, GRADINIT_OPTIMIZERS
 from ..models.baselines import BASELINES
 from .data import step_generator, to_input
 
@@ -53,8 +53,8 @@ def parse_init(spec: str, model_name: str) -> tuple[str, dict[str, Any]]:
             options[key] = check_number(where, options[key], GRADINIT_DOMAINS[key])
         elif key == "batch":
             options[key] = check_number(where, options[key], POSITIVE_INT)
-        else:
-            check_choice(where, options[key], ("sgd", "adam"))
+        else:  # optimizer, the one option left in _GRADINIT_OPTIONS
+            check_choice(where, options[key], GRADINIT_OPTIMIZERS)
     return kind, options
 
 
@@ -69,8 +69,8 @@ def initialize_model(trainer: Trainer) -> dict[str, Any] | None:
         info: dict[str, Any] = {"method": "autoinit", "forward_passes": 0, "backward_passes": 0,
                                 "scales": report.scales, "predicted_block_var": report.block_var}
     else:
-        batch = int(opts.pop("batch", 128))
-        optimizer = str(opts.pop("optimizer", "sgd"))
+        batch = opts.pop("batch", 128)  # parse_init checked and converted both
+        optimizer = opts.pop("optimizer", "sgd")
         info = gradinit(trainer.model, _batches(trainer, batch), optimizer, logger=tqdm.write if
                         trainer.dist.main else lambda _s: None, **opts).to_dict()
         info.update(batch=batch, optimizer=optimizer, options=opts)

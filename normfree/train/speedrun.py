@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Domain, check_number
+from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Domain, check_fields
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.speedrun import SpeedrunNet
 from ..profile import count_macs
@@ -89,11 +89,7 @@ class SpeedrunRecipe:
     def __post_init__(self) -> None:
         """Check every setting against :data:`RECIPE_DOMAINS`, so a bad ``--set`` fails before the data
         loads with one line naming it, not as a division by zero or a NaN loss mid-run."""
-        for name, domain in RECIPE_DOMAINS.items():
-            object.__setattr__(self, name, check_number(f"speedrun setting {name}", getattr(self, name), domain))
-        for name in ("flip", "gain_weight_decay"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"speedrun setting {name} = {getattr(self, name)!r}: must be true or false")
+        check_fields(self, RECIPE_DOMAINS, ("flip", "gain_weight_decay"), lambda name: f"speedrun setting {name}")
         if not isinstance(self.model_kwargs, dict):
             raise ConfigError(f"speedrun setting model_kwargs = {self.model_kwargs!r}: must be a mapping, "
                               "e.g. --set \"model_kwargs={'alpha': 0.3}\"")
