@@ -9,6 +9,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from .errors import ModelOptionError, ModelSpecError
@@ -107,7 +108,8 @@ def create_model(name: str, *, features_only: bool = False, out_indices: Sequenc
     (:class:`~normfree.models.net.FeatureNet`: a list of feature maps at ``out_indices``, default
     all, and no classifier).
 
-    Unknown names raise :class:`~normfree.errors.ModelSpecError` naming the closest matches; unknown
+    Unknown names raise :class:`~normfree.errors.ModelSpecError` naming the closest matches (so do a
+    ``device`` this machine cannot use and a ``dtype`` that is not a floating-point ``torch.dtype``); unknown
     keywords raise :class:`~normfree.errors.ModelOptionError` (a ``TypeError``) naming them and listing
     the valid options.
     """
@@ -116,6 +118,7 @@ def create_model(name: str, *, features_only: bool = False, out_indices: Sequenc
     if out_indices is not None and not features_only:
         raise ModelOptionError("out_indices needs features_only=True")
     entry = get_entry(name)
+    _check_factory_kwargs(name, kwargs)
     check_model_size(name, lambda: entry.build(**kwargs), kwargs)
     model = entry.build(**kwargs)
     if not features_only:
@@ -123,6 +126,22 @@ def create_model(name: str, *, features_only: bool = False, out_indices: Sequenc
     if not hasattr(model, "as_features"):
         raise ModelSpecError(f"{name}: features_only needs a ResidualNetwork, got {type(model).__name__}")
     return model.as_features(out_indices)
+
+
+def _check_factory_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """``device=`` / ``dtype=`` that PyTorch would reject deep inside a builder, rejected up front with
+    the value and what is accepted (an unknown device string, an accelerator this machine lacks, a
+    dtype given as a string or an integer dtype, which cannot hold trainable weights)."""
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    if device is not None:
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError, TypeError) as err:
+            raise ModelSpecError(f"{name}: device={device!r} cannot hold tensors here ({err}); use 'cpu', "
+                                 "'meta' or an available accelerator such as 'cuda'") from None
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ModelSpecError(f"{name}: dtype must be a floating-point torch.dtype such as torch.float32 or "
+                             f"torch.bfloat16, got {dtype!r}")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
