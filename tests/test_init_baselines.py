@@ -11,11 +11,11 @@ from torch import nn
 
 import normfree
 from normfree.analysis import signal_propagation
-from normfree.analysis.moments import gaussian_moments
+from normfree.analysis.moments import Moments, gaussian_moments
 from normfree.errors import ConfigError, ModelSpecError
 from normfree.init import autoinit, gradinit
 from normfree.init.gradinit import first_step
-from normfree.layers import GAMMAS, get_activation
+from normfree.layers import GAMMAS, GammaAct, get_activation
 from normfree.layers.proxynorm import GroupProxyNormAct, LayerProxyNormAct, gaussian_quantiles
 from normfree.train.config import TrainConfig
 from normfree.train.init import parse_init
@@ -37,6 +37,33 @@ def test_proxy_sample_is_a_standard_gaussian():
     q = gaussian_quantiles(256, torch.float64)
     assert abs(q.mean().item()) < 1e-12 and q.var(unbiased=False).item() == pytest.approx(1.0, abs=0.02)
     assert torch.all(q[1:] > q[:-1])
+
+
+@pytest.mark.parametrize("cls, groups", [(LayerProxyNormAct, 1), (GroupProxyNormAct, 32)])
+def test_proxy_norm_matches_its_formula_in_float64(cls, groups):
+    """Against a from-scratch float64 reference: group statistics over (C/G, H, W) per example, the
+    proxy as N(0, 1) quantiles at (i + ½)/n (torch.distributions, not erfinv), its *biased* moments,
+    then γ̃·(φ(y) − μ)/sqrt(σ² + ε̃) + β̃. Exact up to float64 rounding (1e-10)."""
+    torch.manual_seed(0)
+    c, n = 64, 256
+    layer = cls(c, dtype=torch.float64)
+    with torch.no_grad():
+        for t in (layer.weight, layer.tilde_weight):
+            t.uniform_(0.5, 2.0)
+        for t in (layer.bias, layer.tilde_bias):
+            t.uniform_(-1.0, 1.0)
+    assert layer.groups == groups
+    x = torch.randn(3, c, 5, 5, dtype=torch.float64) * 2 + 0.7
+    g = x.view(3, groups, -1)
+    xn = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + layer.eps))
+    y = torch.relu(xn.view_as(x) * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1))
+    q = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(n, dtype=torch.float64) + 0.5) / n)
+    proxy = torch.relu(layer.weight[:, None] * q + layer.bias[:, None])
+    mu, var = proxy.mean(1), ((proxy - proxy.mean(1, keepdim=True)) ** 2).sum(1) / n
+    want = (layer.tilde_weight.view(1, -1, 1, 1) * (y - mu.view(1, -1, 1, 1)) / torch.sqrt(var + 0.03).view(1, -1, 1, 1)
+            + layer.tilde_bias.view(1, -1, 1, 1))
+    with torch.no_grad():
+        assert torch.allclose(layer(x), want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("cls", [LayerProxyNormAct, GroupProxyNormAct])
@@ -128,14 +155,16 @@ def test_autoinit_gives_unit_block_variance_on_gaussian_input():
     assert after.stem_var == pytest.approx(1.0, abs=0.06)
 
 
-def test_autoinit_without_weighted_sum_matches_its_prediction():
-    """On an NF net (no weighted sum) the stream grows as predicted, 1 + k within a stage. Its
-    zero-sum WS weights keep channel means at 0, so zero padding can only remove variance: measured
-    ≤ predicted, by 6 % (32×32 maps) to 25 % (8×8 maps, where 44 % of positions touch the border)."""
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_autoinit_without_weighted_sum_matches_its_prediction(alpha):
+    """On an NF net (no weighted sum) the stream grows as predicted, 1 + k·α² within a stage (each
+    branch ends at unit variance, times α). Its zero-sum WS weights keep channel means at 0, so zero
+    padding can only remove variance: measured ≤ predicted, by 6 % (32×32 maps) to 25 % (8×8 maps,
+    where 44 % of positions touch the border)."""
     torch.manual_seed(0)
-    model = normfree.create_model("nf_cifar_resnet20", skipinit_gain=1.0, alpha=1.0)
+    model = normfree.create_model("nf_cifar_resnet20", skipinit_gain=1.0, alpha=alpha)
     report = autoinit(model)
-    assert report.block_var == pytest.approx([2, 3, 4] * 3, rel=1e-6)
+    assert report.block_var == pytest.approx([1 + k * alpha**2 for k in (1, 2, 3)] * 3, rel=1e-6)
     measured = signal_propagation(model, input_shape=(32, 3, 32, 32)).var
     ratios = [m / p for m, p in zip(measured, report.block_var)]
     assert all(0.7 < r < 1.02 for r in ratios), ratios
@@ -143,13 +172,35 @@ def test_autoinit_without_weighted_sum_matches_its_prediction():
 
 
 def test_autoinit_scales_ws_gains_and_keeps_zero_weights():
+    """WS re-standardizes W, so the gain carries every scale: W is untouched, gain = scale · gain₀. Scaled
+    WS already keeps unit variance, so the scales are ≈ 1 on N(0, 1) input; input of variance 4 makes
+    the stem's 1/2."""
     torch.manual_seed(0)
     model = normfree.create_model("nf_cifar_resnet20", width=0.5, fc_init_std=0.0)
-    conv = model.stem.conv.weight.clone()
-    report = autoinit(model)
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    report = autoinit(model, Moments(torch.zeros(3, dtype=torch.float64), torch.full((3,), 4.0, dtype=torch.float64)))
+    assert report.scales["stem.conv.gain"] == pytest.approx(0.5, rel=1e-3)
     assert not model.fc.weight.any() and "fc.weight" not in report.scales  # a zero classifier stays zero
-    assert torch.equal(model.stem.conv.weight, conv)  # WS re-standardizes W: its gain carries the scale
-    assert model.stem.conv.gain.unique().item() == pytest.approx(report.scales["stem.conv.gain"])
+    params = dict(model.named_parameters())
+    gains = [n for n in report.scales if n.endswith(".gain")]
+    assert len(gains) == 22  # stem, 3 shortcuts, 18 branch convs
+    for n in gains:
+        weight = n[:-len("gain")] + "weight"
+        assert torch.equal(params[weight], before[weight])
+        assert torch.allclose(params[n], before[n] * report.scales[n], rtol=1e-6)
+
+
+def test_autoinit_accounts_for_biases():
+    """A bias shifts the next activation's input: relu(N(0.5, 1)) has twice the second moment of
+    relu(N(0, 1)), so the next conv's scale must use the shifted moments to land at unit variance."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), GammaAct("relu"), nn.Conv2d(32, 32, 3, bias=False))
+    with torch.no_grad():
+        model[0].bias.fill_(0.5)
+    autoinit(model)
+    with torch.no_grad():
+        out = model(torch.randn(256, 3, 12, 12))
+    assert out.var(dim=(0, 2, 3)).mean().item() == pytest.approx(1.0, rel=0.1)
 
 
 def test_autoinit_names_unsupported_layers_and_changes_nothing():
@@ -229,6 +280,38 @@ def test_gradinit_shrinks_a_gradient_over_the_bound():
     assert not any(h["inside_bound"] for h in result.history) and norms[-1] < 0.7 * norms[0]
     assert result.forward_passes == 10  # over the bound: no post-step forward
     assert any("over the bound" in s for s in lines) and lines[-1].startswith("gradinit done")
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_gradinit_objective_inside_the_bound_is_the_loss_after_a_real_optimizer_step(kind):
+    """Inside the bound, iteration 1's objective is the S₁ loss after one step of torch.optim.SGD / Adam
+    (lr η) on S₀ from the initial weights: the simulated step has the optimizer's sign, direction and
+    batches. Float32, recomputed by a different route (autograd + optimizer vs functional_call): 1e-5."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 10))
+    reference = copy.deepcopy(model)
+    (x0, y0), (x1, y1) = data = toy_data(2)
+    eta = 0.5 if kind == "sgd" else 0.01
+    result = gradinit(model, data, kind, iters=1, eta=eta, grad_bound=1e9, logger=lambda s: None)
+    assert result.history[0]["inside_bound"]
+    opt = (torch.optim.SGD(reference.parameters(), lr=eta) if kind == "sgd"
+           else torch.optim.Adam(reference.parameters(), lr=eta, eps=1e-8))
+    F.cross_entropy(reference(x0), y0).backward()
+    opt.step()
+    with torch.no_grad():
+        want = float(F.cross_entropy(reference(x1), y1))
+        unstepped = float(F.cross_entropy(model(x1), y1))
+    assert result.history[0]["objective"] == pytest.approx(want, rel=1e-5)
+    assert abs(want - unstepped) > 1e-3  # the step is large enough for a wrong one to show
+
+
+def test_gradinit_keeps_every_scale_at_or_above_min_scale():
+    """Over a tiny bound the scales shrink fast (Adam lr 1): the clamp holds them at min_scale."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 10))
+    result = gradinit(model, toy_data(6), "sgd", iters=3, grad_bound=1e-9, lr=1.0, min_scale=0.3,
+                      logger=lambda s: None)
+    assert min(result.scales.values()) == pytest.approx(0.3)
 
 
 def test_gradinit_stops_when_data_runs_out_and_rejects_bad_options():

@@ -70,7 +70,8 @@ class ProxyNormAct(nn.Module):
         self.weight, self.bias = _channel_param(channels, 1.0, **factory), _channel_param(channels, 0.0, **factory)
         self.tilde_weight = _channel_param(channels, 1.0, **factory)
         self.tilde_bias = _channel_param(channels, 0.0, **factory)
-        self.register_buffer("proxy", gaussian_quantiles(n_samples).to(device=device), persistent=False)
+        proxy = gaussian_quantiles(n_samples, dtype or torch.get_default_dtype())  # float64 layers: a float64 proxy
+        self.register_buffer("proxy", proxy.to(device=device), persistent=False)
 
     def proxy_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and (biased) variance of ``φ(γ_c·Y + β_c)`` over the proxy sample."""
