@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-import re
-
 import math
+import re
 
 import numpy as np
 import pytest

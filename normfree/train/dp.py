@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .data import pad_crop_flip, step_generator
+from .data import pad_crop_flip, step_generator, to_input
 from .per_example import _BATCH_STATS, per_example_grads
-from .data import to_input
 
 if TYPE_CHECKING:
     from .config import TrainConfig
