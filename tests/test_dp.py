@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("opacus")
 from opacus.accountants import PRVAccountant, RDPAccountant  # noqa: E402
 
 from normfree.cli import main  # noqa: E402
-from normfree.errors import ConfigError  # noqa: E402
+from normfree.errors import CheckpointError, ConfigError  # noqa: E402
 from normfree.train.checkpoint import load_checkpoint  # noqa: E402
 from normfree.train.config import TrainConfig  # noqa: E402
+from normfree.train.data import to_input  # noqa: E402
 from normfree.train.dp import clip_per_example  # noqa: E402
 from normfree.train.trainer import Trainer  # noqa: E402
 
@@ -46,6 +48,25 @@ def test_every_clipped_example_gradient_has_norm_at_most_c(tmp_path):
         torch.testing.assert_close(clipped[small], raw[small], rtol=1e-5, atol=0)  # below C: untouched
         torch.testing.assert_close(clipped[~small], torch.full_like(clipped[~small], c), rtol=1e-5, atol=0)
     assert (raw > raw.median()).any()
+
+
+@pytest.mark.parametrize("engine", ["functorch", "opacus"])
+def test_example_gradients_are_single_example_backward_passes_of_the_training_loss(tmp_path, engine):
+    """Un-augmented, example i's DP gradient is the plain gradient of cross-entropy with the run's label
+    smoothing on example i alone (float32, a different route: 1e-4 relative)."""
+    kw = dict(augment=False, label_smoothing=0.2, dp_engine=engine,
+              model_kwargs={"width": 0.25, "stochdepth_rate": 0.0})
+    trainer = Trainer(dp_cfg(tmp_path, **kw))
+    idx = torch.tensor([5, 9, 60])
+    grads, _ = trainer.dp.example_grads(idx, torch.Generator().manual_seed(0))
+    x, y = trainer.train_data.batch(idx, True, torch.Generator())
+    x = to_input(x, trainer.mean, trainer.std, False)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    for i in range(len(idx)):
+        loss = F.cross_entropy(trainer.model(x[i:i + 1]), y[i:i + 1], label_smoothing=0.2)
+        want = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+        got = torch.cat([g[i].flatten() for g in grads])
+        assert float((got - want).norm() / want.norm()) < 1e-4
 
 
 def test_noise_std_is_sigma_c_per_coordinate_of_the_summed_gradient(tmp_path, monkeypatch):
@@ -134,6 +155,11 @@ def test_resumed_run_continues_the_same_accountant(tmp_path):
     # a resume may not change privacy settings (the run-folder check names the field first)
     with pytest.raises(ConfigError, match="noise_multiplier: 1.1 -> 2.0"):
         Trainer(dp_cfg(tmp_path / "c", epochs=3, noise_multiplier=2.0), resume=ckpt)
+    dp = Trainer(dp_cfg(tmp_path / "e", epochs=3)).dp  # the accountant's own check: same flags, other data
+    with pytest.raises(CheckpointError, match=r"sample_rate 0.5 -> 0.25"):
+        dp.load({**privacy, "sample_rate": 0.5}, ckpt)
+    with pytest.raises(CheckpointError, match="not trained with --dp"):
+        dp.load(None, ckpt)
     with pytest.raises(ConfigError, match="dp: False -> True"):
         plain = dp_cfg(tmp_path / "d", dp=False, epochs=1)
         Trainer(plain).fit()

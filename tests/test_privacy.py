@@ -88,10 +88,11 @@ def test_grad_samples_sum_to_the_batch_gradient_under_stochastic_depth():
     gsm._close()
 
 
-def test_timm_ws_and_conv1d_samplers():
+def test_timm_ws_conv1d_and_scalar_bias_samplers():
     conv = normfree.layers.ScaledStdConv2d(4, 6, 3, stride=2, ws="timm", gamma=1.7)  # SAME pad, stride 2
     conv1d = normfree.layers.conv.ScaledStdConv1d(6, 3, 3)
-    net = torch.nn.Sequential(conv, torch.nn.Flatten(2), conv1d).double()
+    net = torch.nn.Sequential(conv, normfree.layers.ScalarBias(), torch.nn.Tanh(), torch.nn.Flatten(2),
+                              conv1d).double()  # Fixup's scalar bias: a sum over every output position
     with torch.no_grad():
         conv.gain.uniform_(0.5, 1.5)
     x = torch.randn(5, 4, 9, 9, dtype=torch.float64)

@@ -54,10 +54,14 @@ TESTS = {
     "cli": ["tests/test_cli_options.py", "tests/test_api.py", "tests/test_bench.py", "tests/test_compare.py",
             "tests/test_train_loop.py::test_cli_train_then_eval", "tests/test_load.py",
             "tests/test_cli_vocabulary.py"],
+    "privacy": ["tests/test_privacy.py", "tests/test_dp.py"],
+    "baselines": ["tests/test_init_baselines.py"],
 }
 """The tests each module's mutants run (the tests that claim to guard that code)."""
 
 L, A, T, M = "normfree/layers/conv.py", "normfree/analysis/spp.py", "normfree/train/data.py", "normfree/models/blocks.py"
+P, D, PN = "normfree/privacy.py", "normfree/train/dp.py", "normfree/layers/proxynorm.py"
+G, AI = "normfree/init/gradinit.py", "normfree/init/autoinit.py"
 MUTANTS = [
     # layers: Scaled WS, γ, padding, stochastic depth
     Mutant("layers", L, "torch.clamp(var * fan_in, min=eps)", "torch.clamp(var, min=eps)"),
@@ -230,15 +234,76 @@ MUTANTS = [
     Mutant("cli", "normfree/commands/train.py", "if not trainer.dist.main:", "if False:"),
     Mutant("cli", "normfree/pretrained.py", "tensors = split_prefix(tensors, \"ema\" if", "tensors = split_prefix(tensors, \"model\" if"),
     Mutant("cli", "normfree/pretrained.py", "        x = x[:, top:top + th, left:left + tw]", "        x = x[:, :th, :tw]"),
+    # privacy: Opacus grad samplers and validators, DP-SGD's clipping, noise, sampling and accounting
+    Mutant("privacy", P, "return {conv.bias: backprops.flatten(2).sum(2)}", "return {conv.bias: backprops.flatten(2).mean(2)}"),
+    Mutant("privacy", P, ".flatten(1).sum(1) * layer.alpha}", ".flatten(1).sum(1)}"),
+    Mutant("privacy", P, "return {layer.bias: backprops.flatten(1).sum(1)} if", "return {layer.bias: backprops.flatten(1).mean(1)} if"),
+    Mutant("privacy", P, "        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)\n", ""),
+    Mutant("privacy", P, "grads = torch.autograd.grad(w_hat, params, g_hat.to(w_hat.dtype), is_grads_batched=True)",
+           "grads = [g_hat] * len(params)"),
+    Mutant("privacy", P, "@register_module_validator(BatchNorm2d)\n", ""),
+    Mutant("privacy", P, "@register_module_validator(EvoNormB0)\n", ""),
+    Mutant("privacy", P, "if module.post is None or module.skip_gain is None:", "if True:"),
+    Mutant("privacy", D, "factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)", "factor = max_norm / (norms + 1e-6)"),
+    Mutant("privacy", D, "for g in grads], dim=1).norm(dim=1)", "for g in grads], dim=1).sum(dim=1)"),
+    Mutant("privacy", D, "std = self.noise_multiplier * cfg.max_grad_norm", "std = self.noise_multiplier"),
+    Mutant("privacy", D, "p.grad = (acc + noise.to(acc.device)) / cfg.batch_size",
+           "p.grad = (acc + noise.to(acc.device)) / max(1, len(idx))"),
+    Mutant("privacy", D, "generator=step_generator(self.t.cfg.seed, step, _SAMPLE_KEY)",
+           "generator=step_generator(self.t.cfg.seed, 0, _SAMPLE_KEY)"),
+    Mutant("privacy", D, "noise_gen = step_generator(cfg.seed, step, _NOISE_KEY)", "noise_gen = step_generator(cfg.seed, 0, _NOISE_KEY)"),
+    Mutant("privacy", D, "*g.shape[1:]).float().mean(1) for g in rows]", "*g.shape[1:]).float().sum(1) for g in rows]"),
+    Mutant("privacy", D, "return grads, loss / cfg.augmult", "return grads, loss"),
+    Mutant("privacy", D, "x, y = x.repeat_interleave(cfg.augmult, 0), y.repeat_interleave(cfg.augmult, 0)",
+           "x, y = x.repeat(cfg.augmult, 1, 1, 1), y.repeat(cfg.augmult)"),
+    Mutant("privacy", D, "sample_rate=self.sample_rate)\n        return loss_sum", "sample_rate=1.0)\n        return loss_sum"),
+    Mutant("privacy", D, "self.accountant.history = [tuple(h) for h in state[\"history\"]]", "self.accountant.history = []"),
+    Mutant("privacy", D, "if key != self._eps_key:", "if self._eps_key is None:"),
+    Mutant("privacy", D, "target = F.one_hot(y, k).float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / k",
+           "target = F.one_hot(y, k).float()"),
+    Mutant("privacy", D, "mixing = [n for n, m in model.named_modules() if isinstance(m, _BATCH_STATS)]", "mixing = []"),
+    Mutant("privacy", D, "(cfg.mixup == 0 and cfg.cutmix == 0,", "(True,"),
+    Mutant("privacy", D, "for k in SETTINGS if state.get(k) != mine[k]]", "for k in SETTINGS if False]"),
+    # baselines: Proxy Norm, GradInit, AutoInit
+    Mutant("baselines", PN, "u = (torch.arange(n, dtype=torch.float64) + 0.5) * (2.0 / n) - 1.0",
+           "u = (torch.arange(n, dtype=torch.float64) + 1.0) * (2.0 / (n + 1)) - 1.0"),
+    Mutant("baselines", PN, "return (torch.erfinv(u) * 2.0**0.5).to(dtype)", "return torch.erfinv(u).to(dtype)"),
+    Mutant("baselines", PN, "torch.rsqrt(var + self.proxy_eps)", "torch.rsqrt(var + 1e-5)"),
+    Mutant("baselines", PN, "shift = self.tilde_bias - mean * scale", "shift = self.tilde_bias - mean"),
+    Mutant("baselines", PN, "z.var(dim=1, unbiased=False)", "z.var(dim=1, unbiased=True)"),
+    Mutant("baselines", PN, "y = F.group_norm(x, self.groups, self.weight,", "y = F.group_norm(x, 1, self.weight,"),
+    Mutant("baselines", PN, "z = self.fn(self.weight[:, None] * self.proxy.to(self.weight.dtype) + self.bias[:, None])",
+           "z = self.fn(self.proxy.to(self.weight.dtype).expand(len(self.weight), -1))"),
+    Mutant("baselines", PN, "super().__init__(channels, 1, act,", "super().__init__(channels, 32, act,"),
+    Mutant("baselines", G, "return [g / (g.abs() + adam_eps) for g in grads]", "return list(grads)"),
+    Mutant("baselines", G, "p = 2 if optimizer_kind == \"sgd\" else 1", "p = 2"),
+    Mutant("baselines", G, "inside = bool(gnorm <= grad_bound)", "inside = True"),
+    Mutant("baselines", G, "stepped = {n: params[n] - eta * d for", "stepped = {n: params[n] + eta * d for"),
+    Mutant("baselines", G, "s.clamp_(min=min_scale)", "s.clamp_(min=0.0)"),
+    Mutant("baselines", G, "t.copy_(base[n] * scales[n])", "t.copy_(base[n])"),
+    Mutant("baselines", G, "result.backward_passes += 2", "result.backward_passes += 1"),
+    Mutant("baselines", G, "if eta is None else eta", "if eta is None else 0.1"),
+    Mutant("baselines", G, "functional_call(model, stepped, (x1,)), y1)", "functional_call(model, stepped, (x0,)), y0)"),
+    Mutant("baselines", G, "            objective = gnorm\n", "            objective = loss0\n"),
+    Mutant("baselines", AI, "scale = 1.0 / math.sqrt(predicted)", "scale = 1.0 / predicted"),
+    Mutant("baselines", AI, "(m.gain if ws else m.weight).mul_(scale)", "m.weight.mul_(scale)"),
+    Mutant("baselines", AI, "out = Moments(out.mean + m.bias.detach().double(), out.var)", "out = out"),
+    Mutant("baselines", AI, "gain = b.alpha * (1.0 if", "gain = (1.0 if"),
+    Mutant("baselines", AI, "self.run(b.shortcut, pre)", "self.run(b.shortcut, x)"),
+    Mutant("baselines", AI, "m.scale.fill_(1.0 / math.sqrt(x.avg_var))", "m.scale.fill_(1.0 / x.avg_var)"),
+    Mutant("baselines", AI, "return Moments(mean, var).scaled(m.factor)", "return Moments(mean, var)"),
+    Mutant("baselines", AI, "if not isinstance(m, _SUPPORTED):", "if False:"),
 ]
 
 
 def _scratch(tests_rev: str | None) -> Path:
-    """A scratch copy: the library, pyproject and the documentation some tests read, from the working tree;
-    tests from it or from a revision."""
+    """A scratch copy: the library, pyproject, and the documentation and benchmark scripts some tests read,
+    from the working tree; tests from it or from a revision."""
     work = Path(tempfile.mkdtemp(prefix="normfree-mutants-"))
     shutil.copytree(ROOT / "normfree", work / "normfree", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "docs", work / "docs")
+    shutil.copytree(ROOT / "benchmarks", work / "benchmarks",  # the scripts some tests run, not the logs
+                    ignore=shutil.ignore_patterns("exp", "__pycache__", "*.png"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, work / name)
     if tests_rev is None:
