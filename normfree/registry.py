@@ -131,7 +131,9 @@ def create_model(name: str, *, features_only: bool = False, out_indices: Sequenc
 def _check_factory_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     """``device=`` / ``dtype=`` that PyTorch would reject deep inside a builder, rejected up front with
     the value and what is accepted (an unknown device string, an accelerator this machine lacks, a
-    dtype given as a string or an integer dtype, which cannot hold trainable weights)."""
+    dtype given as a string or an integer dtype, which cannot hold trainable weights). PyTorch itself is
+    asked, not :func:`~normfree.checks.require_device`: that checks the CLI's device words, while a factory
+    kwarg may be anything PyTorch takes (a ``torch.device``, ``"meta"``, an index)."""
     device, dtype = kwargs.get("device"), kwargs.get("dtype")
     if device is not None:
         try:

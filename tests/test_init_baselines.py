@@ -178,7 +178,7 @@ def test_autoinit_scales_ws_gains_and_keeps_zero_weights():
     torch.manual_seed(0)
     model = normfree.create_model("nf_cifar_resnet20", width=0.5, fc_init_std=0.0)
     before = {n: t.detach().clone() for n, t in model.named_parameters()}
-    report = autoinit(model, Moments(torch.zeros(3, dtype=torch.float64), torch.full((3,), 4.0, dtype=torch.float64)))
+    report = autoinit(model, Moments.standard(3).scaled(2.0))  # N(0, 4) channels
     assert report.scales["stem.conv.gain"] == pytest.approx(0.5, rel=1e-3)
     assert not model.fc.weight.any() and "fc.weight" not in report.scales  # a zero classifier stays zero
     params = dict(model.named_parameters())
@@ -222,6 +222,11 @@ def toy_data(n_batches, batch=32, seed=0):
         x = torch.randn(batch, 3, 8, 8, generator=gen)
         out.append((x, (x.flatten(1) @ w).argmax(1)))
     return out
+
+
+def tiny_mlp():
+    """A model GradInit can step exactly (no padding, no stochastic layers) for the toy data's 3×8×8 images."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 10))
 
 
 def one_step_gain(model, s0, s1, eta, bound, kind="sgd"):
@@ -288,7 +293,7 @@ def test_gradinit_objective_inside_the_bound_is_the_loss_after_a_real_optimizer_
     (lr η) on S₀ from the initial weights: the simulated step has the optimizer's sign, direction and
     batches. Float32, recomputed by a different route (autograd + optimizer vs functional_call): 1e-5."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 10))
+    model = tiny_mlp()
     reference = copy.deepcopy(model)
     (x0, y0), (x1, y1) = data = toy_data(2)
     eta = 0.5 if kind == "sgd" else 0.01
@@ -308,7 +313,7 @@ def test_gradinit_objective_inside_the_bound_is_the_loss_after_a_real_optimizer_
 def test_gradinit_keeps_every_scale_at_or_above_min_scale():
     """Over a tiny bound the scales shrink fast (Adam lr 1): the clamp holds them at min_scale."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 10))
+    model = tiny_mlp()
     result = gradinit(model, toy_data(6), "sgd", iters=3, grad_bound=1e-9, lr=1.0, min_scale=0.3,
                       logger=lambda s: None)
     assert min(result.scales.values()) == pytest.approx(0.3)
