@@ -11,7 +11,8 @@ py=${PYTHON:-.venv/bin/python}
 log=benchmarks/cifar10_nf_vs_bn/exp/lanes.log
 mkdir -p "$(dirname "$log")"
 for i in $(seq "$n"); do
-  OMP_NUM_THREADS=1 PYTHONPATH="$snap" nohup "$py" benchmarks/cifar10_nf_vs_bn/lanes.py "$@" >> "$log" 2>&1 &
+  # PYTHONSAFEPATH: `python -m normfree.cli` would otherwise put the working tree ahead of the snapshot
+  OMP_NUM_THREADS=1 PYTHONSAFEPATH=1 PYTHONPATH="$snap" nohup "$py" benchmarks/cifar10_nf_vs_bn/lanes.py "$@" >> "$log" 2>&1 &
   sleep 2  # lanes claim runs in order; a short gap keeps their first claims apart
 done
 echo "started $n lanes from $snap; progress: $log"
