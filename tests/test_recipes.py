@@ -207,6 +207,15 @@ def test_lane_loop_marks_failures_and_stops_when_interrupted(tmp_path):
     assert not (tmp_path / "cut" / ".lane.lock").exists() and (tmp_path / "held" / ".lane.lock").exists()
 
 
+def test_lane_logs_name_no_machine_folders(tmp_path):
+    lanes = _module("lanes")
+    snap = tmp_path / "snap"
+    code = f"print({str(snap / 'normfree' / 'x.py')!r} + ':1: UserWarning'); print({os.getcwd()!r} + '/a/b')"
+    env = {**os.environ, "PYTHONPATH": str(snap)}
+    assert lanes.run_logged([sys.executable, "-c", code], tmp_path / "log", env) == 0
+    assert (tmp_path / "log").read_text() == "normfree/x.py:1: UserWarning\na/b\n"
+
+
 def test_lanes_reread_the_plan_and_respect_holds(tmp_path):
     lanes = _module("lanes")
     plan = {"stages": [{"name": "b", "table": "t", "hold": True,

@@ -121,13 +121,21 @@ def command(run: dict[str, Any], data: str, device: str) -> list[str]:
 
 
 def run_logged(cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
-    """Run ``cmd`` appending its output to ``log_path`` without the progress bars' redraws."""
+    """Run ``cmd`` appending its output to ``log_path`` without the progress bars' redraws.
+
+    Source paths in warnings are made relative (to the working directory or the package snapshot on
+    ``PYTHONPATH``) so a committed log names no machine's folders.
+    """
+    roots = [os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    prefixes = sorted({os.path.abspath(r).rstrip(os.sep) + os.sep for r in roots}, key=len, reverse=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None
     with open(log_path, "a") as log:
         for line in proc.stdout:
             for part in line.decode(errors="replace").replace("\r", "\n").splitlines():
                 if part.strip() and "%|" not in part:
+                    for prefix in prefixes:
+                        part = part.replace(prefix, "")
                     log.write(part + "\n")
                     log.flush()
     return proc.wait()
