@@ -399,3 +399,35 @@ def test_committed_plan_names_only_known_settings(tmp_path):
             normfree.create_model(recipe.model, **{**recipe.model_kwargs, "widths": (8, 16, 16)})
     nf_headline = [r for r in runs if r["table"] == "headline" and r["name"] == "nf"]
     assert nf_headline and all(r["values"]["lr"] == 2.875 for r in nf_headline)  # the anchor merged
+
+
+def test_summary_checks_each_target_within_its_flop_limit():
+    """The README's target checks: the BN gap to 94.01, and per NF target the best full-budget NF cell
+    inside its FLOP limit (a more accurate cell over the limit, or a screen, must not count)."""
+    import importlib.util
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("speedrun_summarize", root / "benchmarks/speedrun/summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+
+    def cell(net, pflop, accs):
+        return [{"net": net, "recipe": net, "seed": i, "train_pflop": pflop, "top1": a - 1, "top1_tta": a}
+                for i, a in enumerate(accs)]
+
+    cells = {("headline", "bn"): cell("bn", 1.0, [93.9, 94.0, 94.1]),
+             ("headline", "nf"): cell("nf", 1.001, [93.4, 93.5, 93.6]),
+             ("ablation", "nf_e19.8"): cell("nf", 1.98, [94.1, 94.3]),
+             ("ablation", "nf_e30"): cell("nf", 3.0, [99.0, 99.0, 99.0]),
+             ("design_s10k_e3", "nf_tiny"): cell("nf", 0.1, [99.0, 99.0, 99.0])}
+    got = {name: (measured, status) for name, _, measured, status in summarize.checks(cells)}
+    bn = next(v for k, v in got.items() if k.startswith("BN reference"))
+    assert bn == ("-0.01 pt (3 seeds)", "met")
+    assert got["NF target"] == ("94.20 % at 1.9800× (`ablation/nf_e19.8`, 2 seeds)", "met, 2 of 3 seeds")
+    assert got["NF milestone"] == ("no NF cell at ≤ 1× (the cheapest is 1.0010×)", "missed")
+    cells[("headline", "bn")] = cell("bn", 1.0, [93.5, 93.6, 93.7])
+    assert summarize.checks(cells)[0][2:] == ("-0.41 pt (3 seeds)", "missed")
+    block = summarize.results_block(cells)
+    cells[("ablation", "nf_e19.8")] = cell("nf", 1.98, [93.8, 94.0])
+    assert summarize.checks(cells)[1][2:] == ("93.90 % at 1.9800× (`ablation/nf_e19.8`, 2 seeds)", "missed, 2 of 3 seeds")
+    assert "| nf_e19.8 | `nf` | 2 | **93.20** (93.10, 93.30) | **94.20** (94.10, 94.30) | +0.70 | 1.9800 |" in block

@@ -231,13 +231,13 @@ def headline(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, block: str) -> None:
-    """Replace the text between the HEADLINE markers (which must both be there) with ``block``."""
+def update_readme(path: Path, block: str, markers: tuple[str, str] = HEADLINE) -> None:
+    """Replace the text between ``markers`` (which must both be there) with ``block``."""
     text = path.read_text()
-    start, end = text.find(HEADLINE[0]), text.find(HEADLINE[1])
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
-        raise ValueError(f"{path} lacks the markers {HEADLINE[0]} ... {HEADLINE[1]}")
-    path.write_text(text[:start + len(HEADLINE[0])] + "\n" + block + "\n" + text[end:])
+        raise ValueError(f"{path} lacks the markers {markers[0]} ... {markers[1]}")
+    path.write_text(text[:start + len(markers[0])] + "\n" + block + "\n" + text[end:])
 
 
 def figure(rows: list[dict[str, Any]], path: Path) -> None:
