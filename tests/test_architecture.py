@@ -146,16 +146,43 @@ LINK_ALLOW = {("benchmarks/cifar10_nf_vs_bn/README.md", "results.md")}
 """Links to files a running benchmark writes when it finishes (``summarize.py``)."""
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a document's headings (outside code fences): lower case, punctuation
+    dropped, spaces to hyphens, ``-1``, ``-2`` … on repeats."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"#{1,6}\s+(.*?)\s*#*$", line)):
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{slug}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+def test_heading_anchors_follow_github():
+    text = "# Results: `top1` (TTA)\n```bash\n# not a heading\n```\n## Results: top1 TTA\n### What × BN FLOPs\n"
+    assert heading_anchors(text) == {"results-top1-tta", "results-top1-tta-1", "what--bn-flops"}
+
+
 def test_relative_links_in_docs_resolve():
+    """Every relative link in the docs names a file that exists and, with a ``#fragment`` into Markdown,
+    a heading that file has."""
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(ROOT.glob("benchmarks/*/README.md")),
             ROOT / "tests" / "fixtures" / "README.md"]
     broken = []
     for doc in docs:
         for target in LINK.findall(doc.read_text()):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
-                continue  # URLs, mail, in-page anchors
-            if (doc.relative_to(ROOT).as_posix(), target) in LINK_ALLOW:
-                continue
-            if not (doc.parent / target.split("#")[0]).exists():
+            if re.match(r"[a-z]+:", target) or (doc.relative_to(ROOT).as_posix(), target) in LINK_ALLOW:
+                continue  # URLs, mail
+            name, _, fragment = target.partition("#")
+            path = doc.parent / name if name else doc
+            if not path.exists():
                 broken.append(f"{doc.relative_to(ROOT)} → {target}")
+            elif fragment and path.suffix == ".md" and fragment not in heading_anchors(path.read_text()):
+                broken.append(f"{doc.relative_to(ROOT)} → {target} (no such heading)")
     assert not broken, "broken relative links:\n" + "\n".join(broken)
