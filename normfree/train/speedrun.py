@@ -280,7 +280,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, level
 
 
 def _autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA, as airbench's half precision; full fp32 elsewhere."""
+    """bf16 autocast over fp32 weights on CUDA (airbench itself keeps fp16 weights; here the updates and
+    the lookahead state stay fp32); full fp32 elsewhere."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
