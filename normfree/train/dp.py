@@ -96,9 +96,13 @@ class DPSGD:
         from opacus.accountants.utils import get_noise_multiplier
 
         try:
-            return float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta,
-                                              sample_rate=self.sample_rate, steps=steps,
-                                              accountant=cfg.accountant, epsilon_tolerance=0.005))
+            # the search's small trial σ reach the edge of the RDP orders and Opacus warns about those; the
+            # run's own σ is accounted (and warned about, if ever) every epoch
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+                return float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta,
+                                                  sample_rate=self.sample_rate, steps=steps,
+                                                  accountant=cfg.accountant, epsilon_tolerance=0.005))
         except ValueError as err:  # Opacus: "The privacy budget is too low."
             raise ConfigError(f"--epsilon {cfg.epsilon:g} cannot be reached at delta {cfg.delta:g} over {steps} "
                               f"steps at sample rate {self.sample_rate:.4g} ({err}): no noise multiplier is "
