@@ -431,3 +431,32 @@ def test_summary_checks_each_target_within_its_flop_limit():
     cells[("ablation", "nf_e19.8")] = cell("nf", 1.98, [93.8, 94.0])
     assert summarize.checks(cells)[1][2:] == ("93.90 % at 1.9800× (`ablation/nf_e19.8`, 2 seeds)", "missed, 2 of 3 seeds")
     assert "| nf_e19.8 | `nf` | 2 | **93.20** (93.10, 93.30) | **94.20** (94.10, 94.30) | +0.70 | 1.9800 |" in block
+
+
+def test_lane_estimate_scales_with_epochs_and_keeps_devices_and_data_apart(tmp_path):
+    """``--until`` must not start a 19.8-epoch run on the strength of 9.9-epoch ones, nor price a CPU run by
+    GPU walls or full-data runs by a screen on a subset."""
+    import importlib.util
+    import json
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("speedrun_lanes", root / "benchmarks/speedrun/lanes.py")
+    lanes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lanes)
+
+    def run(name, values, wall=None, device="cpu x1"):
+        d = tmp_path / name
+        d.mkdir()
+        if wall is not None:
+            (d / "result.json").write_text(json.dumps({"wall_s": wall, "device": device}))
+        return {"recipe": "nf_speedrun", "values": values, "dir": d, "minutes": 7}
+
+    runs = [run("a", {}, wall=990.0), run("b", {"epochs": 2.0}, wall=300.0),       # 100 and 150 s per epoch
+            run("gpu", {}, wall=9.9, device="cuda NVIDIA H200"),                     # 1 s per epoch
+            run("screen", {"epochs": 3.0, "train_subset": 10240}, wall=30.0),      # 10 s per epoch
+            run("long", {"epochs": 19.8}), run("short_screen", {"epochs": 6.0, "train_subset": 10240}),
+            run("other_screen", {"train_subset": 512})]
+    assert lanes.expected_seconds(runs[4], runs) == pytest.approx(19.8 * 125.0)   # median of 100, 150
+    assert lanes.expected_seconds(runs[4], runs, device="cuda") == pytest.approx(19.8)
+    assert lanes.expected_seconds(runs[5], runs) == pytest.approx(60.0)
+    assert lanes.expected_seconds(runs[6], runs) == 7 * 60  # nothing finished on its images: the stage's minutes

@@ -189,14 +189,18 @@ def expected_seconds(run: dict[str, Any], runs: Runs, state_of: Callable[[dict[s
     return 60.0 * run["minutes"] if run.get("minutes") else None
 
 
-def fits(run: dict[str, Any], runs: Runs, deadline: float | None, state_of: Callable[[dict[str, Any]], str] = state
-         ) -> bool:
-    """Whether ``run`` should finish before ``deadline`` (epoch seconds), with a 10 % margin. A lane that
-    stops with its machine loses an unfinished run's progress when the checkpoints do not survive, so
-    near the end a lane skips to shorter runs instead. Unknown durations and no deadline always fit."""
+Estimate = Callable[[dict[str, Any], Runs, Callable[[dict[str, Any]], str]], float | None]
+
+
+def fits(run: dict[str, Any], runs: Runs, deadline: float | None, state_of: Callable[[dict[str, Any]], str] = state,
+         expected: Estimate = expected_seconds) -> bool:
+    """Whether ``run`` should finish before ``deadline`` (epoch seconds), with a 10 % margin, by the
+    ``expected`` estimate. A lane that stops with its machine loses an unfinished run's progress when the
+    checkpoints do not survive, so near the end a lane skips to shorter runs instead. Unknown durations
+    and no deadline always fit."""
     if deadline is None:
         return True
-    need = expected_seconds(run, runs, state_of)
+    need = expected(run, runs, state_of)
     return need is None or time.time() + 1.1 * need <= deadline
 
 
@@ -215,7 +219,8 @@ def parse_until(text: str | None) -> float | None:
 
 def run_plan(runs: Runs | Callable[[], Runs], command_of: Callable[[dict[str, Any]], list[str]],
              state_of: Callable[[dict[str, Any]], str] = state, label: Callable[[dict[str, Any]], str] | None = None,
-             after: Callable[[dict[str, Any]], None] | None = None, deadline: float | None = None) -> int:
+             after: Callable[[dict[str, Any]], None] | None = None, deadline: float | None = None,
+             expected: Estimate = expected_seconds) -> int:
     """The lane loop shared by every benchmark: take the first run that is neither done, failed, held nor
     claimed by a live lane (and, with a ``deadline``, expected to finish before it: see ``fits``), run its
     command (output to the run's ``stdout.log``), mark a final failure, call ``after`` on success, and
@@ -229,7 +234,7 @@ def run_plan(runs: Runs | Callable[[], Runs], command_of: Callable[[dict[str, An
         plan = runs_of()
         open_runs = [r for r in plan if r["dir"] not in tried and not r.get("hold")
                      and state_of(r) not in ("done", "failed")]
-        run = next((r for r in open_runs if fits(r, plan, deadline, state_of) and claim(r["dir"])), None)
+        run = next((r for r in open_runs if fits(r, plan, deadline, state_of, expected) and claim(r["dir"])), None)
         if run is None:
             if open_runs and deadline is not None:
                 print(f"[{time.strftime('%H:%M:%S')}] no open run is expected to finish by "

@@ -15,13 +15,18 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
+import json
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from normfree.train.speedrun import get_recipe
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("nf_vs_bn_lanes", HERE.parent / "cifar10_nf_vs_bn" / "lanes.py")
@@ -60,6 +65,29 @@ def state(run: dict[str, Any]) -> str:
     return "partial" if (d / "checkpoint.safetensors").exists() else "todo"
 
 
+def epochs_of(run: dict[str, Any]) -> float:
+    return float(run["values"].get("epochs", get_recipe(run["recipe"]).epochs))
+
+
+def expected_seconds(run: dict[str, Any], runs: list[dict[str, Any]], state_of: Any = state,
+                     device: str = "cpu") -> float | None:
+    """How long ``run`` should take on ``device``: its epochs × the median seconds per epoch of the runs
+    finished there on the same images (the same ``train_subset``/``test_subset``), as the ablation mixes
+    budgets (9.9 to 19.8 epochs) in one table; else the stage's ``minutes``, else None (unknown)."""
+    def data(r: dict[str, Any]) -> tuple[Any, Any]:
+        return r["values"].get("train_subset"), r["values"].get("test_subset")
+
+    rates = []
+    for r in runs:
+        if data(r) == data(run) and state_of(r) == "done":
+            result = json.loads((r["dir"] / "result.json").read_text())
+            if result["device"].startswith(device):
+                rates.append(result["wall_s"] / epochs_of(r))
+    if rates:
+        return epochs_of(run) * statistics.median(rates)
+    return 60.0 * run["minutes"] if run.get("minutes") else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", default=str(HERE / "plan.yaml"))
@@ -89,7 +117,8 @@ def main() -> int:
         (run["dir"] / "checkpoint.safetensors").unlink(missing_ok=True)
 
     return common.run_plan(todo, command_of, state, label=lambda r: f"{r['table']}/{r['name']}/s{r['seed']}",
-                           after=drop_checkpoint, deadline=common.parse_until(args.until))
+                           after=drop_checkpoint, deadline=common.parse_until(args.until),
+                           expected=functools.partial(expected_seconds, device=args.device))
 
 
 if __name__ == "__main__":
