@@ -231,3 +231,29 @@ def test_dp_benchmark_summarizer_row(tmp_path):
     assert float(row["top1"]) == pytest.approx(end["ema_test_top1"], abs=0.01)
     assert (row["batch"], row["augmult"], row["steps"], row["seed"]) == (32, 1, 4, 0)
     assert summarize.net_kind("gnws_wrn16_4") == "GN+WS"
+
+
+def test_dp_benchmark_results_block_checks_the_targets():
+    """The generated README table: per-net means with each seed, NF's 65 % / 71.7 % targets and NF vs its twin."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dp_cifar10" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("dp_summarize", path)
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+
+    def r(net, top1, seed):
+        return {"net": net, "model": f"{net.lower()}_m", "recipe": "x", "epsilon": "7.999", "delta": 1e-5,
+                "noise_multiplier": "0.7953", "batch": 1024, "augmult": 1, "steps": 1152, "seed": seed,
+                "top1": f"{top1:.2f}", "wall_s": "7200", "device": "cpu x1"}
+
+    assert summarize.results_block([]) == "No run has finished yet."
+    one = summarize.results_block([("t", r("NF", 66.0, 0))])
+    assert "| t | NF | `nf_m` | 1 | **66.00** (66.00) | 7.999 (1e-05) | 0.7953 | 1152 × 1024 × 1 | 2.00 | cpu x1 |" in one
+    assert "| t | NF target: top1 ≥ 65.0 % at ε ≤ 8 | 66.00 % | met, 1 of 2 seeds |" in one
+    assert "| t | NF ≥ its GN+WS twin | GN+WS pending | pending |" in one
+    both = summarize.results_block([("t", r("NF", 60.0, 0)), ("t", r("NF", 62.0, 1)),
+                                    ("t", r("GN+WS", 61.5, 0)), ("t", r("GN+WS", 61.5, 1))])
+    assert "| t | NF target: top1 ≥ 65.0 % at ε ≤ 8 | 61.00 % | missed |" in both
+    assert "| t | NF ≥ its GN+WS twin | -0.50 pt | missed |" in both
+    assert "| t | GN+WS | `gn+ws_m` | 2 | **61.50** (61.50, 61.50) |" in both
