@@ -347,3 +347,20 @@ def test_readme_headline_is_the_one_the_committed_logs_give():
     text = summarize.README.read_text()
     start, end = (text.index(m) for m in summarize.HEADLINE)
     assert text[start + len(summarize.HEADLINE[0]):end].strip() == summarize.headline(summarize.collect())
+
+
+@pytest.mark.parametrize("bench", ["cifar10_nf_vs_bn", "dp_cifar10", "baselines_cifar10"])
+def test_committed_plans_build_every_run(bench):
+    """Every run a committed ``normfree train`` plan lists is a valid config whose model builds: a typo in
+    a plan would otherwise surface as a failed run hours into a lane."""
+    lanes = _module("lanes")
+    root = BENCH.parent / bench
+    runs = list(lanes.expand(yaml.safe_load((root / "plan.yaml").read_text()), exp=root / "exp"))
+    assert runs
+    models = set()
+    for run in runs:
+        cfg = TrainConfig.from_dict(layer_values(load_recipe(run["recipe"]), run["values"]))
+        models.add((cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True)))
+    for name, kwargs in sorted(models):
+        with torch.device("meta"):
+            normfree.create_model(name, **json.loads(kwargs))
