@@ -335,3 +335,25 @@ def test_convert_options_reach_the_converters(monkeypatch, tmp_path):
     with pytest.raises(Captured):
         main(argv)
     assert seen["kwargs"] == {"num_classes": 9} and seen["args"][1]["net/allowed"] is False  # the source's head
+
+
+def test_dp_noise_knob_on_the_command_line_replaces_the_recipes_other_one(tmp_path):
+    """A DP recipe calibrates σ to its ε; ``--noise-multiplier`` on the command line fixes σ instead (and
+    ``--epsilon`` replaces a config's fixed σ), rather than failing with "not both"."""
+    from normfree.errors import ConfigError
+    from normfree.train.dp import check_config
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["train", *argv]))
+
+    recipe = cfg("--recipe", "dp_cifar10_cpu")
+    assert (recipe.epsilon, recipe.noise_multiplier) == (8.0, 0.0)
+    fixed = cfg("--recipe", "dp_cifar10_cpu", "--noise-multiplier", "0.8")
+    assert (fixed.epsilon, fixed.noise_multiplier) == (0.0, 0.8)
+    check_config(fixed)
+    (tmp_path / "c.yaml").write_text("dp: true\nepsilon: 0.0\nnoise_multiplier: 1.1\n")
+    calibrated = cfg("--config", str(tmp_path / "c.yaml"), "--epsilon", "3")
+    assert (calibrated.epsilon, calibrated.noise_multiplier) == (3.0, 0.0)
+    both = cfg("--recipe", "dp_cifar10_cpu", "--epsilon", "3", "--noise-multiplier", "0.8")
+    with pytest.raises(ConfigError, match="not both"):  # naming both is still a contradiction
+        check_config(both)

@@ -353,13 +353,18 @@ def test_readme_headline_is_the_one_the_committed_logs_give():
 def test_committed_plans_build_every_run(bench):
     """Every run a committed ``normfree train`` plan lists is a valid config whose model builds: a typo in
     a plan would otherwise surface as a failed run hours into a lane."""
+    from normfree.train.dp import check_config
+
     lanes = _module("lanes")
     root = BENCH.parent / bench
     runs = list(lanes.expand(yaml.safe_load((root / "plan.yaml").read_text()), exp=root / "exp"))
     assert runs
     models = set()
-    for run in runs:
-        cfg = TrainConfig.from_dict(layer_values(load_recipe(run["recipe"]), run["values"]))
+    for run in runs:  # the config the lane's command line gives, checked as the trainer checks it
+        cfg = config_from_args(build_parser().parse_args(["train", "--recipe", run["recipe"],
+                                                          *lanes.flags(run["values"])]))
+        if cfg.dp:
+            check_config(cfg)
         models.add((cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True)))
     for name, kwargs in sorted(models):
         with torch.device("meta"):

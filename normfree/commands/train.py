@@ -38,6 +38,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None and f.name != "recipe"}
+    # DP's noise is set by one of two knobs: the one named here replaces a recipe's or config's other one
+    for named, other in (("noise_multiplier", "epsilon"), ("epsilon", "noise_multiplier")):
+        if overrides.get(named) and other not in overrides:
+            overrides[other] = 0.0
     layers = [load_recipe(args.recipe)] if args.recipe else []
     if args.config:
         layers.append(TrainConfig.read_yaml(args.config))
