@@ -248,12 +248,15 @@ def test_dp_benchmark_results_block_checks_the_targets():
                 "top1": f"{top1:.2f}", "wall_s": "7200", "device": "cpu x1"}
 
     assert summarize.results_block([]) == "No run has finished yet."
-    one = summarize.results_block([("t", r("NF", 66.0, 0))])
-    assert "| t | NF | `nf_m` | 1 | **66.00** (66.00) | 7.999 (1e-05) | 0.7953 | 1152 × 1024 × 1 | 2.00 | cpu x1 |" in one
-    assert "| t | NF target: top1 ≥ 65.0 % at ε ≤ 8 | 66.00 % | met, 1 of 2 seeds |" in one
-    assert "| t | NF ≥ its GN+WS twin | GN+WS pending | pending |" in one
-    both = summarize.results_block([("t", r("NF", 60.0, 0)), ("t", r("NF", 62.0, 1)),
-                                    ("t", r("GN+WS", 61.5, 0)), ("t", r("GN+WS", 61.5, 1))])
-    assert "| t | NF target: top1 ≥ 65.0 % at ε ≤ 8 | 61.00 % | missed |" in both
-    assert "| t | NF ≥ its GN+WS twin | -0.50 pt | missed |" in both
-    assert "| t | GN+WS | `gn+ws_m` | 2 | **61.50** (61.50, 61.50) |" in both
+    one = summarize.results_block([("cpu_t", "nf", r("NF", 66.0, 0))])
+    assert "| cpu_t | nf | NF | `nf_m` | 1 | **66.00** (66.00) | 7.999 (1e-05) | 0.7953 | 1152 × 1024 × 1 | 2.00 | cpu x1 |" in one
+    assert "| cpu_t | NF target: top1 ≥ 65.0 % at ε ≤ 8 | 66.00 % | met, 1 of 2 seeds |" in one
+    assert "| cpu_t | NF ≥ its GN+WS twin | GN+WS pending | pending |" in one
+    both = summarize.results_block([("cpu_t", "nf", r("NF", 60.0, 0)), ("cpu_t", "nf", r("NF", 62.0, 1)),
+                                    ("cpu_t", "gnws", r("GN+WS", 61.5, 0)), ("cpu_t", "gnws", r("GN+WS", 61.5, 1)),
+                                    ("probe_t", "nf_a", r("NF", 10.0, 0)), ("probe_t", "nf_b", r("NF", 20.0, 0))])
+    assert "| cpu_t | NF target: top1 ≥ 65.0 % at ε ≤ 8 | 61.00 % | missed |" in both
+    assert "| cpu_t | NF ≥ its GN+WS twin | -0.50 pt | missed |" in both
+    assert "| cpu_t | gnws | GN+WS | `gn+ws_m` | 2 | **61.50** (61.50, 61.50) |" in both
+    assert "| probe_t | nf_a | NF |" in both and "| probe_t | nf_b | NF |" in both  # probe cells kept apart
+    assert "| probe_t | NF target" not in both

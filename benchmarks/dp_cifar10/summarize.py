@@ -58,32 +58,33 @@ def _status(ok: bool, seeds: int) -> str:
     return ("met" if ok else "missed") + (f", {seeds} of {SEEDS_WANTED} seeds" if seeds < SEEDS_WANTED else "")
 
 
-def results_block(found: list[tuple[str, dict[str, object]]]) -> str:
-    """Per (table, net): mean top-1 with each seed, the privacy spent and the cost; then, per table with
+def results_block(found: list[tuple[str, str, dict[str, object]]]) -> str:
+    """Per (table, cell): mean top-1 with each seed, the privacy spent and the cost; then, per table with
     an NF net, the NF targets and NF vs its GN+WS twin."""
     if not found:
         return "No run has finished yet."
     cells: dict[tuple[str, str], list[dict[str, object]]] = {}
-    for table, r in found:
-        cells.setdefault((table, str(r["net"])), []).append(r)
-    lines = ["| table | net | model | seeds | top1 | ε (δ) | σ | steps × batch × augmult | wall h per run | device |",
-             "| --- | --- | --- | ---: | ---: | --- | ---: | --- | ---: | --- |"]
-    for (table, net), rs in sorted(cells.items()):
+    for table, cell, r in found:
+        cells.setdefault((table, cell), []).append(r)
+    lines = ["| table | cell | net | model | seeds | top1 | ε (δ) | σ | steps × batch × augmult | wall h per run | device |",
+             "| --- | --- | --- | --- | ---: | ---: | --- | ---: | --- | ---: | --- |"]
+    for (table, cell), rs in sorted(cells.items()):
         r = rs[0]
         accs = [float(x["top1"]) for x in rs]
         wall = statistics.mean(float(x["wall_s"]) for x in rs) / 3600
-        lines.append(f"| {table} | {net} | `{r['model']}` | {len(rs)} | **{statistics.mean(accs):.2f}** "
+        lines.append(f"| {table} | {cell} | {r['net']} | `{r['model']}` | {len(rs)} | **{statistics.mean(accs):.2f}** "
                      f"({', '.join(f'{a:.2f}' for a in accs)}) | {r['epsilon']} ({r['delta']}) | {r['noise_multiplier']} "
                      f"| {r['steps']} × {r['batch']} × {r['augmult']} | {wall:.2f} | {r['device']} |")
     lines += ["", "| table | check | measured | status |", "| --- | --- | --- | --- |"]
     for table in sorted({t for t, _ in cells}):
-        nf = [float(x["top1"]) for x in cells.get((table, "NF"), [])]
-        if not nf:
+        nets = {net: [float(x["top1"]) for (t, _), rs in cells.items() if t == table for x in rs if x["net"] == net]
+                for net in ("NF", "GN+WS")}
+        nf, twin = nets["NF"], nets["GN+WS"]
+        if not nf or not table.startswith(("cpu_", "wrn")):  # the targets are for the full runs, not probes
             continue
         for name, goal in NF_TARGETS:
             lines.append(f"| {table} | NF {name}: top1 ≥ {goal} % at ε ≤ 8 | {statistics.mean(nf):.2f} % | "
                          f"{_status(statistics.mean(nf) >= goal, len(nf))} |")
-        twin = [float(x["top1"]) for x in cells.get((table, "GN+WS"), [])]
         gap = statistics.mean(nf) - statistics.mean(twin) if twin else None
         lines.append(f"| {table} | NF ≥ its GN+WS twin | "
                      + ("GN+WS pending | pending |" if gap is None else
@@ -92,11 +93,11 @@ def results_block(found: list[tuple[str, dict[str, object]]]) -> str:
 
 
 def main() -> None:
-    found = [(r["table"], row(r["dir"])) for r in expand_plan() if runner.state(r) == "done"]
+    found = [(r["table"], r["name"], row(r["dir"])) for r in expand_plan() if runner.state(r) == "done"]
     with open(HERE / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(r for _, r in found)
+        writer.writerows(r for *_, r in found)
     for doc in DOCS:
         nf_vs_bn.update_readme(doc, results_block(found), BLOCK)
     print(f"{len(found)} finished run(s) -> {HERE / 'results.csv'}")
